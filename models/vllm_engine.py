@@ -1,0 +1,220 @@
+"""The engine contract on vLLM's `AsyncLLM` (GPU build in production, CPU build in tests and CI)."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import itertools
+import logging
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+from models.chat_template import ChatTemplateRenderer
+from models.engine import (
+    Candidate,
+    ChatMessage,
+    ChoiceResult,
+    Engine,
+    EngineError,
+    EngineStats,
+    Generation,
+    Prompt,
+    PromptTooLongError,
+    SamplingSettings,
+)
+from models.vllm_stats import VllmStatsCollector
+
+log = logging.getLogger(__name__)
+
+
+class VllmEngine(Engine):
+    """Runs one model on vLLM's AsyncLLM; one engine request per `generate`/`choose` call."""
+
+    def __init__(self, llm: Any, renderer: ChatTemplateRenderer, stats: VllmStatsCollector, model_name: str):
+        self._llm = llm
+        self._renderer = renderer
+        self._stats = stats
+        self.model_name = model_name
+        self.max_model_len = llm.model_config.max_model_len
+        self._tokenizer = llm.get_tokenizer()
+        self._ids = itertools.count()
+        self._requests_by_job: dict[str, set[str]] = defaultdict(set)
+        self._closed = False
+
+    @classmethod
+    def from_engine_args(cls, engine_args: Any, model_name: str | None = None) -> "VllmEngine":
+        """Start AsyncLLM from vLLM's own `AsyncEngineArgs` (see models.engine_config)."""
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        from models.vllm_seed_fix import ensure_plugin_allowed
+
+        ensure_plugin_allowed()
+        # Loaded first: a model without a usable chat template fails here, before the engine starts.
+        renderer = ChatTemplateRenderer.from_pretrained(engine_args.tokenizer or engine_args.model)
+        stats = VllmStatsCollector()
+        llm = AsyncLLM.from_engine_args(engine_args, stat_loggers=[stats.factory])
+        return cls(llm, renderer, stats, model_name or engine_args.served_model_name or engine_args.model)
+
+    # -- prompts -------------------------------------------------------------------------------
+
+    def render(self, messages: Sequence[ChatMessage], assistant_prefix: str = "") -> Prompt:
+        return self._renderer.render(messages, assistant_prefix)
+
+    @staticmethod
+    def _engine_input(prompt: Prompt) -> dict[str, Any]:
+        engine_input: dict[str, Any] = {"prompt": prompt.text}
+        if prompt.images:
+            engine_input["multi_modal_data"] = {"image": list(prompt.images)}
+        return engine_input
+
+    def option_token_id(self, option: str) -> int:
+        """The id of an option that must encode to exactly one token."""
+        ids = self._tokenizer.encode(option, add_special_tokens=False)
+        if len(ids) != 1:
+            raise ValueError(f"option {option!r} is {len(ids)} tokens for this model; choices must be one token")
+        return ids[0]
+
+    # -- requests ------------------------------------------------------------------------------
+
+    async def generate(
+        self, prompt: Prompt, settings: SamplingSettings, *, job_id: str, priority: int = 0
+    ) -> Generation:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        params = SamplingParams(
+            n=settings.n,
+            max_tokens=settings.max_tokens,
+            temperature=settings.temperature,
+            top_p=settings.top_p,
+            seed=settings.seed,
+            stop=list(settings.stop) or None,
+            logprobs=0,  # the sampled token's log-probability, for cumulative_logprob
+            # Only the final output: the cumulative kind streams one completion at a time for n > 1.
+            output_kind=RequestOutputKind.FINAL_ONLY,
+        )
+        output = await self._run(prompt, params, job_id, priority)
+        candidates = tuple(
+            Candidate(
+                text=c.text,
+                num_tokens=len(c.token_ids),
+                cumulative_logprob=c.cumulative_logprob,
+                finish_reason=_finish_reason(c.finish_reason),
+                stop_reason=c.stop_reason if isinstance(c.stop_reason, str) else None,
+            )
+            for c in sorted(output.outputs, key=lambda c: c.index)
+        )
+        return Generation(candidates, _prompt_tokens(output), output.num_cached_tokens or 0)
+
+    async def choose(
+        self, prompt: Prompt, options: Sequence[str], *, job_id: str, priority: int = 0
+    ) -> ChoiceResult:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        if len(set(options)) < 2:
+            raise ValueError("choose needs at least two distinct options")
+        token_ids = [self.option_token_id(o) for o in options]
+        params = SamplingParams(
+            n=1,
+            max_tokens=1,
+            temperature=0.0,
+            allowed_token_ids=token_ids,
+            # Raw log-probabilities of exactly these tokens; renormalised over the options below.
+            logprob_token_ids=token_ids,
+            output_kind=RequestOutputKind.FINAL_ONLY,
+        )
+        output = await self._run(prompt, params, job_id, priority)
+        completion = output.outputs[0]
+        if completion.finish_reason == "abort" or not completion.logprobs:
+            raise asyncio.CancelledError(f"choice for job {job_id} was aborted")
+        step = completion.logprobs[0]
+        logprobs = [step[t].logprob if t in step else -math.inf for t in token_ids]
+        return ChoiceResult(dict(zip(options, _softmax(logprobs))), _prompt_tokens(output),
+                            output.num_cached_tokens or 0)
+
+    async def _run(self, prompt: Prompt, params: Any, job_id: str, priority: int) -> Any:
+        from vllm.exceptions import VLLMValidationError
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        if self._closed or self._llm.errored:
+            raise EngineError("the engine is not running")
+        request_id = f"{job_id}-{next(self._ids)}"
+        self._requests_by_job[job_id].add(request_id)
+        final = None
+        try:
+            async for output in self._llm.generate(self._engine_input(prompt), params, request_id,
+                                                   priority=priority):
+                final = output
+        except VLLMValidationError as exc:
+            # vLLM words this check differently in its renderer and its input processor.
+            if exc.parameter == "input_tokens" or "maximum model length" in str(exc):
+                raise PromptTooLongError(str(exc)) from exc
+            raise ValueError(str(exc)) from exc
+        except EngineDeadError as exc:
+            raise EngineError(f"the engine died: {exc}") from exc
+        except asyncio.CancelledError:
+            # The caller went away: stop the engine work too, not just our wait for it.
+            await self._llm.abort(request_id)
+            raise
+        finally:
+            requests = self._requests_by_job.get(job_id)
+            if requests is not None:
+                requests.discard(request_id)
+                if not requests:
+                    del self._requests_by_job[job_id]
+        if final is None:
+            raise EngineError(f"the engine returned nothing for {request_id}")
+        return final
+
+    async def abort(self, job_id: str) -> None:
+        request_ids = list(self._requests_by_job.get(job_id, ()))
+        if request_ids and not self._closed:
+            await self._llm.abort(request_ids)
+
+    # -- health and statistics -----------------------------------------------------------------
+
+    async def is_healthy(self) -> bool:
+        if self._closed or self._llm.errored:
+            return False
+        try:
+            await self._llm.check_health()
+        except Exception:  # any failure of the health probe means "not healthy", never a crash
+            return False
+        return True
+
+    def stats(self) -> EngineStats:
+        return self._stats.snapshot()
+
+    def num_unfinished_requests(self) -> int:
+        """Requests the engine still tracks (running, waiting or being finalised)."""
+        return 0 if self._closed else self._llm.get_num_unfinished_requests()
+
+    async def shutdown(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._llm.shutdown()
+            # AsyncLLM.__del__ shuts down again; let that run now rather than at interpreter
+            # teardown, where it fails noisily on already-cleared globals.
+            self._llm = None
+            gc.collect()
+
+
+def _finish_reason(reason: str | None) -> str:
+    # vLLM says "stop" for both a stop string and end-of-turn, "length" at max_tokens, "abort" if aborted.
+    return reason if reason in ("stop", "length", "abort") else "abort"
+
+
+def _prompt_tokens(output: Any) -> int:
+    return len(output.prompt_token_ids or ())
+
+
+def _softmax(logprobs: list[float]) -> list[float]:
+    top = max(logprobs)
+    if top == -math.inf:
+        return [1.0 / len(logprobs)] * len(logprobs)
+    weights = [math.exp(lp - top) for lp in logprobs]
+    total = sum(weights)
+    return [w / total for w in weights]

@@ -1,0 +1,62 @@
+"""The `llava-o1` command: one subcommand per verb, each with its own parser.
+
+Subcommands are dispatched before any heavy import, so `llava-o1 tiny-model` does not pay for
+importing vLLM; only `serve` builds vLLM's engine-flag parser.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+USAGE = """usage: llava-o1 COMMAND [options]
+
+commands:
+  serve        start the inference server (engine flags as in `vllm serve`)
+  tiny-model   build the embedded tiny vision-language model into a folder
+
+`llava-o1 COMMAND --help` describes a command's options.
+"""
+
+
+def tiny_model_command(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="llava-o1 tiny-model",
+        description="Build the tiny random-weight vision-language model (deterministic) into OUT_DIR.",
+    )
+    parser.add_argument("out_dir", metavar="OUT_DIR", help="folder to write the model to")
+    args = parser.parse_args(argv)
+    from models.tiny_model import build_tiny_model
+
+    path = build_tiny_model(args.out_dir)
+    print(f"tiny model written to {path}")
+    return 0
+
+
+def serve_command(argv: Sequence[str]) -> int:
+    from server.serve import serve
+
+    return serve(argv)
+
+
+COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
+    "serve": serve_command,
+    "tiny-model": tiny_model_command,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE, end="")
+        return 0 if argv else 2
+    command = COMMANDS.get(argv[0])
+    if command is None:
+        print(f"llava-o1: unknown command {argv[0]!r}\n\n{USAGE}", end="", file=sys.stderr)
+        return 2
+    return command(argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

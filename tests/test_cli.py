@@ -1,0 +1,52 @@
+"""The `llava-o1` command: tiny-model and serve, as a user runs them."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+
+def run(args, env, timeout=120):
+    return subprocess.run(["llava-o1", *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_help_lists_the_commands(cli_env):
+    done = run(["--help"], cli_env)
+    assert done.returncode == 0
+    assert "serve" in done.stdout and "tiny-model" in done.stdout
+    assert run(["frobnicate"], cli_env).returncode == 2
+
+
+def test_tiny_model_command_builds_a_loadable_model(cli_env, tmp_path):
+    done = run(["tiny-model", str(tmp_path / "m")], cli_env)
+    assert done.returncode == 0, done.stderr
+    processor = AutoProcessor.from_pretrained(tmp_path / "m")
+    model = AutoModelForImageTextToText.from_pretrained(tmp_path / "m")
+    assert processor.chat_template and model.config.model_type == "idefics3"
+
+
+def test_serve_builds_the_default_model_starts_the_engine_and_stops_cleanly(cli_env):
+    from pathlib import Path
+
+    proc = subprocess.Popen(["llava-o1", "serve", "--max-model-len", "1024"], env=cli_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if "engine ready" in line:
+                break
+        assert any("engine ready" in line for line in lines), "".join(lines[-40:])
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0, "".join(lines[-40:])
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert (Path(cli_env["LLAVA_O1_CACHE"]) / "tiny-idefics3" / "config.json").exists()
