@@ -14,6 +14,7 @@ USAGE = """usage: llava-o1 COMMAND [options]
 
 commands:
   serve        start the inference server (engine flags as in `vllm serve`)
+  ask          answer one question about an image, without a server
   tiny-model   build the embedded tiny vision-language model into a folder
 
 `llava-o1 COMMAND --help` describes a command's options.
@@ -40,8 +41,15 @@ def serve_command(argv: Sequence[str]) -> int:
     return serve(argv)
 
 
+def ask_command(argv: Sequence[str]) -> int:
+    from server.ask import ask
+
+    return ask(argv)
+
+
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "serve": serve_command,
+    "ask": ask_command,
     "tiny-model": tiny_model_command,
 }
 

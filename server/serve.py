@@ -22,7 +22,6 @@ log = logging.getLogger("llava_o1.serve")
 class ServeConfig:
     """The server's own settings (engine settings are vLLM's AsyncEngineArgs)."""
 
-    model: str | None = None  # a local path or hub id; None means the embedded tiny model
     host: str = "127.0.0.1"
     port: int = 8000
     api_key: str | None = None
@@ -46,19 +45,16 @@ def build_parser() -> argparse.ArgumentParser:
 def serve(argv: Sequence[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(list(argv))
-    config = ServeConfig(model=args.model, host=args.host, port=args.port, api_key=args.api_key)
+    config = ServeConfig(host=args.host, port=args.port, api_key=args.api_key)
     asyncio.run(_serve_engine(config, args))
     return 0
 
 
 async def _serve_engine(config: ServeConfig, args: argparse.Namespace) -> None:
     from models.engine import ChatMessage, SamplingSettings
-    from models.engine_config import engine_args_from
-    from models.tiny_model import ensure_default_model
-    from models.vllm_engine import VllmEngine
+    from models.engine_factory import start_engine
 
-    model = config.model or str(ensure_default_model())
-    engine = VllmEngine.from_engine_args(engine_args_from(args, model))
+    engine = start_engine(args)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

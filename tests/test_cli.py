@@ -50,3 +50,31 @@ def test_serve_builds_the_default_model_starts_the_engine_and_stops_cleanly(cli_
         if proc.poll() is None:
             proc.kill()
     assert (Path(cli_env["LLAVA_O1_CACHE"]) / "tiny-idefics3" / "config.json").exists()
+
+
+def test_ask_prints_the_result_and_trace_as_json(cli_env, tmp_path):
+    import json
+
+    from helpers import shapes_image
+
+    image = tmp_path / "shapes.png"
+    shapes_image().save(image)
+    done = run(["ask", "--image", str(image), "--question", "How many?", "--strategy", "stage",
+                "--beam-width", "4", "--max-tokens-per-stage", "12", "--json"], cli_env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    assert [s["name"] for s in result["stages"]] == ["SUMMARY", "CAPTION", "REASONING", "CONCLUSION"]
+    for stage in result["stages"]:
+        assert len(stage["candidates"]) == 4
+        assert len(stage["matches"]) == sum(c["merged_into"] is None for c in stage["candidates"]) - 1
+        assert stage["winner"] in range(4)
+    assert result["answer"] == result["stages"][-1]["text"]
+    assert set(result["usage"]) >= {"prompt_tokens", "completion_tokens", "judge_tokens"}
+
+
+def test_ask_refuses_a_file_that_is_not_an_image(cli_env, tmp_path):
+    bad = tmp_path / "not.png"
+    bad.write_text("hello")
+    done = run(["ask", "--image", str(bad), "--question", "How many?"], cli_env)
+    assert done.returncode == 2
+    assert "cannot read image" in done.stderr

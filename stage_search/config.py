@@ -1,0 +1,59 @@
+"""The search's settings: one typed object, validated once, shared by every strategy."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+from stage_search.stages import StageSet
+
+StrategyName = Literal["stage", "sentence", "best_of_n", "none"]
+JudgeMode = Literal["logprob", "generative"]
+StagePrompt = Literal["auto", "always", "never"]
+
+STRATEGY_NAMES: tuple[str, ...] = ("stage", "sentence", "best_of_n", "none")
+JUDGE_MODES: tuple[str, ...] = ("logprob", "generative")
+STAGE_PROMPTS: tuple[str, ...] = ("auto", "always", "never")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """How one question is searched. Defaults follow the paper where it says (temperature 0.6, top_p 0.9)."""
+
+    strategy: StrategyName = "stage"
+    beam_width: int = 4
+    judge: JudgeMode = "logprob"
+    debias: bool = False
+    stage_prompt: StagePrompt = "auto"
+    stages: StageSet = field(default_factory=StageSet.from_names)
+    temperature: float = 0.6
+    top_p: float = 0.9
+    seed: int | None = None
+    max_tokens_per_stage: int = 512
+    # Budget for the whole answer (all stages); None means len(stages) * max_tokens_per_stage.
+    max_tokens: int | None = None
+    # Sentence strategy: at most this many sentences per stage before the search closes it.
+    max_sentences_per_stage: int = 8
+    # Generative judge: tokens allowed for a verdict like "Since ..., I choose response 2".
+    judge_max_tokens: int = 96
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGY_NAMES:
+            raise ValueError(f"strategy must be one of {', '.join(STRATEGY_NAMES)}")
+        if self.judge not in JUDGE_MODES:
+            raise ValueError(f"judge must be one of {', '.join(JUDGE_MODES)}")
+        if self.stage_prompt not in STAGE_PROMPTS:
+            raise ValueError(f"stage_prompt must be one of {', '.join(STAGE_PROMPTS)}")
+        if not 1 <= self.beam_width <= 64:
+            raise ValueError("beam_width must be between 1 and 64")
+        if self.max_tokens_per_stage < 1 or (self.max_tokens is not None and self.max_tokens < len(self.stages)):
+            raise ValueError("token limits must leave at least one token per stage")
+        if not 0.0 <= self.temperature <= 2.0 or not 0.0 < self.top_p <= 1.0:
+            raise ValueError("temperature must be in [0, 2] and top_p in (0, 1]")
+
+    @property
+    def total_token_budget(self) -> int:
+        return self.max_tokens if self.max_tokens is not None else len(self.stages) * self.max_tokens_per_stage
+
+    def with_(self, **changes) -> "SearchConfig":
+        return replace(self, **changes)

@@ -1,0 +1,66 @@
+"""The words the search adds to prompts: the stage instruction and the judge's question."""
+
+from __future__ import annotations
+
+import re
+
+from stage_search.stages import Stage, StageSet
+
+# Model names (lower case) known to answer in the four stages without being told.
+_STAGE_TRAINED = ("llava-cot", "llava-o1", "llama-3.2v-11b-cot")
+
+
+def is_stage_trained(model_name: str) -> bool:
+    name = model_name.lower()
+    return any(marker in name for marker in _STAGE_TRAINED)
+
+
+def stage_instruction(stages: StageSet) -> str:
+    """Asks a model not trained on the format to answer in the four tagged stages."""
+    s = stages.stages
+    return (
+        "Answer in four stages, each inside its tags and in this order: "
+        f"{s[0].open_tag} how you will approach the question {s[0].close_tag}, "
+        f"{s[1].open_tag} what in the image matters for the question {s[1].close_tag}, "
+        f"{s[2].open_tag} step-by-step reasoning toward the answer {s[2].close_tag}, "
+        f"{s[3].open_tag} the final answer only (for multiple choice, the option) {s[3].close_tag}."
+    )
+
+
+def judge_question(question: str, accepted: str, stage: Stage | None, first: str, second: str) -> str:
+    """The judge's task: which of two continuations is better, by the stage's criteria.
+
+    `stage` None means whole answers are compared (best-of-N).
+    """
+    if stage is None:
+        what, criteria = "answers", "it reasons correctly from the image and ends in a correct, direct answer"
+    else:
+        what, criteria = f"{stage.name} sections", stage.criteria
+    so_far = f"The answer so far:\n{accepted.strip()}\n\n" if accepted.strip() else ""
+    return (
+        f"Two candidate {what} were written for this question about the image.\n"
+        f"Question: {question.strip()}\n\n{so_far}"
+        f"Response 1:\n{first.strip()}\n\nResponse 2:\n{second.strip()}\n\n"
+        f"A better one is one where {criteria}. Which response is better? "
+        "Answer with 1 or 2. When explaining, end with \"I choose response 1\" or \"I choose response 2\"."
+    )
+
+
+_VERDICT = re.compile(r"choose\s+(?:response\s*)?#?\s*([12])\b", re.IGNORECASE)
+_FALLBACK = re.compile(r"\bresponse\s*#?\s*([12])\b.{0,40}\b(?:is\s+)?better\b|\b([12])\b\s*$", re.IGNORECASE)
+
+
+def parse_verdict(text: str) -> int | None:
+    """Slot (0 or 1) a free-text verdict chose, or None when it says nothing clear.
+
+    Takes the last "choose response N" (models sometimes restate the options first), then
+    "response N is better", then a bare trailing 1 or 2.
+    """
+    choices = _VERDICT.findall(text)
+    if choices:
+        return int(choices[-1]) - 1
+    fallback = _FALLBACK.findall(text)
+    if fallback:
+        number = next(n for n in fallback[-1] if n)
+        return int(number) - 1
+    return None

@@ -1,0 +1,137 @@
+"""One search job: the question, the engine, the judge, and the branching step strategies share."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from models.engine import Candidate, ChatMessage, ChatPart, Engine, SamplingSettings
+from stage_search.config import SearchConfig
+from stage_search.events import SearchEvent
+from stage_search.judge import Contender, JudgeContext, PairwiseJudge
+from stage_search.prompts import is_stage_trained, stage_instruction
+from stage_search.stages import Stage
+from stage_search.tournament import run_tournament
+from stage_search.trace import CandidateTrace, SearchResult, StageTrace, StepTrace, Usage
+
+Emit = Callable[[SearchEvent], None]
+
+
+@dataclass(frozen=True)
+class Branch:
+    """The outcome of one branching step: the winner, cleaned and raw, and the step's trace."""
+
+    text: str
+    candidate: Candidate
+    step: StepTrace
+
+
+class SearchJob:
+    """State of one question's search; strategies call `branch` and read the settings from here."""
+
+    def __init__(self, engine: Engine, messages: Sequence[ChatMessage], config: SearchConfig, *,
+                 job_id: str, emit: Emit | None = None):
+        if not any(m.role == "user" for m in messages):
+            raise ValueError("the conversation needs a user message")
+        self.engine = engine
+        self.config = config
+        self.job_id = job_id
+        self.stages = config.stages
+        self.usage = Usage()
+        self.accepted_tokens = 0  # tokens of the winners kept so far (the answer's length)
+        self.started = time.perf_counter()
+        self._emit = emit or (lambda event: None)
+        self._seeds = itertools.count(config.seed) if config.seed is not None else None
+        self.messages = self._with_stage_instruction(list(messages))
+        user_parts = [p for m in messages if m.role == "user" and not isinstance(m.content, str) for p in m.content]
+        self.images = tuple(p for p in user_parts if p.type == "image")
+        last_user = next(m for m in reversed(messages) if m.role == "user")
+        self.question = (last_user.content if isinstance(last_user.content, str)
+                         else " ".join(p.text for p in last_user.content if p.type == "text"))
+        self.judge = PairwiseJudge(engine, mode=config.judge, debias=config.debias, job_id=job_id,
+                                   max_tokens=config.judge_max_tokens)
+
+    def _with_stage_instruction(self, messages: list[ChatMessage]) -> list[ChatMessage]:
+        wanted = self.config.stage_prompt == "always" or (
+            self.config.stage_prompt == "auto" and not is_stage_trained(self.engine.model_name))
+        if not wanted:
+            return messages
+        # Added to the first user message rather than as a system turn: not every template has one.
+        first = next(i for i, m in enumerate(messages) if m.role == "user")
+        content = messages[first].content
+        parts = (ChatPart.of_text(content),) if isinstance(content, str) else content
+        messages[first] = ChatMessage("user", (*parts, ChatPart.of_text(stage_instruction(self.stages))))
+        return messages
+
+    def emit(self, event: SearchEvent) -> None:
+        self._emit(event)
+
+    def next_seed(self) -> int | None:
+        return next(self._seeds) if self._seeds is not None else None
+
+    def priority(self, stage_index: int, judging: bool = False) -> int:
+        """Lower runs first: later stages, and judging before more sampling, finish requests sooner."""
+        return (len(self.stages) - stage_index) * 2 - (1 if judging else 0)
+
+    def token_limit(self, stage_index: int) -> int:
+        """Tokens a step of this stage may sample: the stage limit, within what the answer has left
+        after keeping one token for each later stage."""
+        later_stages = len(self.stages) - stage_index - 1
+        left = self.config.total_token_budget - self.accepted_tokens - later_stages
+        return max(1, min(self.config.max_tokens_per_stage, left))
+
+    async def branch(self, assistant_prefix: str, *, n: int, max_tokens: int, stop: tuple[str, ...],
+                     clean: Callable[[Candidate], str], accepted: str, stage: Stage | None,
+                     stage_index: int) -> Branch:
+        """Sample n continuations of the assistant prefix in one engine call; keep the judge's pick.
+
+        `clean` turns a raw candidate into the text that would be accepted; identical cleaned texts
+        are merged before judging, so n equal candidates cost no comparison.
+        """
+        prompt = self.engine.render(self.messages, assistant_prefix)
+        settings = SamplingSettings(n=n, max_tokens=max_tokens, temperature=self.config.temperature,
+                                    top_p=self.config.top_p, seed=self.next_seed(), stop=stop)
+        generation = await self.engine.generate(prompt, settings, job_id=self.job_id,
+                                                priority=self.priority(stage_index))
+        step = StepTrace(prompt_tokens=generation.prompt_tokens, cached_tokens=generation.cached_tokens)
+        self.usage.prompt_tokens += generation.prompt_tokens
+        self.usage.cached_tokens += generation.cached_tokens
+        first_of_text: dict[str, int] = {}
+        contenders: list[Contender] = []
+        for index, candidate in enumerate(generation.candidates):
+            text = clean(candidate)
+            merged = first_of_text.get(text)
+            if merged is None:
+                first_of_text[text] = index
+                contenders.append(Contender(index, text))
+            step.candidates.append(CandidateTrace(index, text, candidate.num_tokens, candidate.finish_reason, merged))
+            self.usage.completion_tokens += candidate.num_tokens
+
+        context = JudgeContext(self.images, self.question, accepted, stage)
+        judge_priority = self.priority(stage_index, judging=True)
+
+        async def play(a: Contender, b: Contender, round_: int):
+            return await self.judge.compare(context, a, b, round_, priority=judge_priority)
+
+        result = await run_tournament(contenders, play)
+        step.matches = list(result.matches)
+        step.winner, step.rounds = result.winner.index, result.rounds
+        self.usage.judge_tokens += sum(m.judge_tokens for m in step.matches)
+        chosen = generation.candidates[step.winner]
+        self.accepted_tokens += chosen.num_tokens
+        return Branch(result.winner.text, chosen, step)
+
+    def result(self, stages: list[StageTrace], answer_steps: list[StepTrace] | None = None) -> SearchResult:
+        contents = {s.name: s.text for s in stages}
+        return SearchResult(
+            strategy=self.config.strategy,
+            beam_width=self.config.beam_width,
+            text=self.stages.render(contents),
+            answer=contents[self.stages.last.name],
+            stages=stages,
+            usage=self.usage,
+            seconds=time.perf_counter() - self.started,
+            answer_steps=answer_steps or [],
+        )

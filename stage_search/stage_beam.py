@@ -1,0 +1,35 @@
+"""`stage`: the paper's stage-level beam search. Per stage, N candidates, a tournament, one winner."""
+
+from __future__ import annotations
+
+import time
+
+from stage_search.events import StageDecided, StageStarted
+from stage_search.search_job import SearchJob
+from stage_search.trace import SearchResult, StageTrace
+
+STAGE_SEPARATOR = "\n\n"
+
+
+async def stage_beam_search(job: SearchJob) -> SearchResult:
+    return await search_stages(job, n=job.config.beam_width)
+
+
+async def search_stages(job: SearchJob, n: int) -> SearchResult:
+    """Each stage opens with its tag (put there by the search), samples n candidates in one call
+    that stop at the closing tag, and keeps the judge's pick. A candidate that hits its token
+    limit, ends the turn, or starts another tag is closed by the search, so the answer always has
+    every stage, in order, with well-formed tags."""
+    accepted = ""
+    traces: list[StageTrace] = []
+    for stage in job.stages:
+        started = time.perf_counter()
+        job.emit(StageStarted(stage.name, stage.index))
+        branch = await job.branch(
+            accepted + stage.open_tag, n=n, max_tokens=job.token_limit(stage.index), stop=(stage.close_tag,),
+            clean=lambda candidate: job.stages.clean_content(candidate.text),
+            accepted=accepted, stage=stage, stage_index=stage.index)
+        accepted += f"{stage.open_tag}{branch.text}{stage.close_tag}{STAGE_SEPARATOR}"
+        traces.append(StageTrace(stage.name, branch.text, [branch.step], time.perf_counter() - started))
+        job.emit(StageDecided(stage.name, stage.index, branch.text))
+    return job.result(traces)

@@ -1,0 +1,218 @@
+"""The search's algorithm on a scripted engine: tournament, merging, debias, structure, events."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+
+import pytest
+
+from models.engine import ChatMessage
+from scripted_engine import ScriptedEngine, score
+from stage_search.config import SearchConfig
+from stage_search.events import SearchFinished, StageDecided, StageStarted
+from stage_search.judge import Contender, JudgeContext, PairwiseJudge
+from stage_search.prompts import parse_verdict
+from stage_search.search import run_search, stream_search
+from stage_search.stages import StageSet
+from stage_search.tournament import run_tournament
+
+QUESTION = [ChatMessage("user", "How many shapes?")]
+WELL_FORMED = re.compile(r"<SUMMARY>.*</SUMMARY>\n\n<CAPTION>.*</CAPTION>\n\n"
+                         r"<REASONING>.*</REASONING>\n\n<CONCLUSION>.*</CONCLUSION>", re.S)
+
+
+def shuffled_scores(n: int) -> list[int]:
+    # A fixed permutation per n, so the best is not always first or last.
+    return [(i * 5 + 3) % 11 for i in range(n)]  # distinct for n <= 11
+
+
+@pytest.mark.parametrize("n", range(1, 9))
+async def test_tournament_returns_the_judges_favourite_in_ceil_log2_rounds(n):
+    scores = shuffled_scores(n)
+    engine = ScriptedEngine(lambda p, s: [f"cand-{x}" for x in scores])
+    result = await run_search(engine, QUESTION, SearchConfig(beam_width=n, stage_prompt="never"))
+    rounds = math.ceil(math.log2(n)) if n > 1 else 0
+    for stage in result.stages:
+        assert score(stage.text) == max(scores)
+        assert len(stage.candidates) == n
+        assert len(stage.matches) == n - 1
+        assert stage.steps[0].rounds == rounds
+    # Matches of a round run concurrently: the engine saw one wave of judge calls per round.
+    assert engine.waves == 4 * rounds
+
+
+@pytest.mark.parametrize("n", [3, 5, 8])
+async def test_bare_tournament_plays_n_minus_1_matches(n):
+    async def play(a, b, round_):
+        return max(a, b), (a, b, round_)
+
+    result = await run_tournament(list(range(n)), play)
+    assert result.winner == n - 1
+    assert len(result.matches) == n - 1
+    assert result.rounds == math.ceil(math.log2(n))
+
+
+async def test_identical_candidates_are_merged_before_judging():
+    engine = ScriptedEngine(lambda p, s: ["cand-1", "cand-2", "cand-1", "cand-2"])
+    result = await run_search(engine, QUESTION, SearchConfig(beam_width=4, stage_prompt="never"))
+    for stage in result.stages:
+        assert [c.merged_into for c in stage.candidates] == [None, None, 0, 1]
+        assert len(stage.matches) == 1
+    assert engine.choose_calls == 4
+
+
+async def test_all_identical_candidates_need_no_judge():
+    engine = ScriptedEngine(lambda p, s: ["same"] * s.n)
+    result = await run_search(engine, QUESTION, SearchConfig(beam_width=4, stage_prompt="never"))
+    assert engine.choose_calls == 0
+    assert all(stage.matches == [] for stage in result.stages)
+
+
+async def judge_both_orders(engine, debias):
+    judge = PairwiseJudge(engine, debias=debias, job_id="j")
+    context = JudgeContext((), "q", "", StageSet.from_names().stages[0])
+    a, b = Contender(0, "cand-5"), Contender(1, "cand-4")
+    return await judge.compare(context, a, b, 1), await judge.compare(context, b, a, 1)
+
+
+async def test_debias_judges_twice_and_is_order_independent():
+    # The judge prefers slot 1 strongly enough to flip a close call.
+    biased = ScriptedEngine(lambda p, s: [], first_slot_bias=3.0)
+    (w_ab, m_ab), (w_ba, m_ba) = await judge_both_orders(biased, debias=False)
+    assert w_ab.index != w_ba.index, "without debias the slot decides"
+    debiased = ScriptedEngine(lambda p, s: [], first_slot_bias=3.0)
+    (w_ab, m_ab), (w_ba, m_ba) = await judge_both_orders(debiased, debias=True)
+    assert debiased.choose_calls == 4
+    assert w_ab.index == w_ba.index == 0
+    assert m_ab.probabilities == pytest.approx(tuple(reversed(m_ba.probabilities)))
+
+
+async def test_debias_breaks_an_exact_tie_by_index_not_by_slot():
+    engine = ScriptedEngine(lambda p, s: [], first_slot_bias=0.0)
+    judge = PairwiseJudge(engine, debias=True, job_id="j")
+    context = JudgeContext((), "q", "", None)
+    a, b = Contender(3, "cand-1"), Contender(1, "cand-1")
+    assert (await judge.compare(context, a, b, 1))[0].index == 1
+    assert (await judge.compare(context, b, a, 1))[0].index == 1
+
+
+@pytest.mark.parametrize("text,slot", [
+    ("Since response 2 covers the image, I choose response 2.", 1),
+    ("Response 1 restates; response 2 plans. I choose Response 1", 0),
+    ("I would choose response #2", 1),
+    ("Response 1 is clearly better than the other.", 0),
+    ("2", 1),
+    ("both are fine", None),
+])
+def test_generative_verdicts_are_parsed(text, slot):
+    assert parse_verdict(text) == slot
+
+
+async def test_generative_judge_uses_the_verdict_and_falls_back_when_unparsable():
+    clear = ScriptedEngine(lambda p, s: ["cand-9", "cand-1"], verdict_text="Since it is shorter, I choose response 2")
+    result = await run_search(clear, QUESTION, SearchConfig(beam_width=2, judge="generative", stage_prompt="never"))
+    assert clear.choose_calls == 0 and clear.judge_generations == 4
+    assert all(score(s.text) == 1 for s in result.stages)  # the verdict, not the scores, decided
+    assert all(m.verdicts for s in result.stages for m in s.matches)
+
+    vague = ScriptedEngine(lambda p, s: ["cand-9", "cand-1"], verdict_text="hmm")
+    result = await run_search(vague, QUESTION, SearchConfig(beam_width=2, judge="generative", stage_prompt="never"))
+    assert vague.choose_calls == 4
+    assert all(score(s.text) == 9 for s in result.stages)
+
+
+async def test_search_closes_stages_the_model_never_closes():
+    # Candidates that run into the next tag or hit the token limit are cut and closed.
+    engine = ScriptedEngine(lambda p, s: [" plan <CAPTION> leaked", " cand-2 </REASONING> x"],
+                            finish_reason="length")
+    result = await run_search(engine, QUESTION, SearchConfig(beam_width=2, stage_prompt="never"))
+    assert WELL_FORMED.fullmatch(result.text), result.text
+    assert [s.name for s in result.stages] == ["SUMMARY", "CAPTION", "REASONING", "CONCLUSION"]
+    assert all("<" not in s.text for s in result.stages)
+    assert result.answer == result.stages[-1].text
+
+
+async def test_each_stage_is_opened_by_the_search_after_the_accepted_ones():
+    engine = ScriptedEngine(lambda p, s: [f"cand-{len(p.text)}"] * s.n)
+    await run_search(engine, QUESTION, SearchConfig(beam_width=2, stage_prompt="never"))
+    prefixes = [p.split("ASSISTANT:")[1] for p in engine.prompts]
+    assert prefixes[0] == "<SUMMARY>"
+    assert prefixes[1].startswith("<SUMMARY>") and prefixes[1].endswith("</SUMMARY>\n\n<CAPTION>")
+    assert prefixes[3].endswith("</REASONING>\n\n<CONCLUSION>")
+
+
+async def test_custom_tag_names():
+    engine = ScriptedEngine(lambda p, s: ["x"] * s.n)
+    config = SearchConfig(beam_width=2, stage_prompt="never", stages=StageSet.from_names(["PLAN", "SEE", "THINK", "ANSWER"]))
+    result = await run_search(engine, QUESTION, config)
+    assert result.text == "<PLAN>x</PLAN>\n\n<SEE>x</SEE>\n\n<THINK>x</THINK>\n\n<ANSWER>x</ANSWER>"
+
+
+@pytest.mark.parametrize("mode,model,expected", [
+    ("auto", "scripted", True), ("auto", "Xkev/Llama-3.2V-11B-cot", False),
+    ("always", "Xkev/Llama-3.2V-11B-cot", True), ("never", "scripted", False),
+])
+async def test_stage_instruction_is_added_unless_the_model_is_stage_trained(mode, model, expected):
+    engine = ScriptedEngine(lambda p, s: ["x"] * s.n)
+    engine.model_name = model
+    await run_search(engine, QUESTION, SearchConfig(beam_width=1, stage_prompt=mode))
+    assert ("Answer in four stages" in engine.prompts[0]) is expected
+
+
+@pytest.mark.parametrize("strategy", ["stage", "sentence", "best_of_n", "none"])
+async def test_every_strategy_keeps_the_four_stage_shape(strategy):
+    engine = ScriptedEngine(lambda p, s: [f" step cand-{i}" for i in range(s.n)])
+    result = await run_search(engine, QUESTION, SearchConfig(strategy=strategy, beam_width=3, stage_prompt="never",
+                                                              max_sentences_per_stage=2))
+    assert WELL_FORMED.fullmatch(result.text), result.text
+    assert result.strategy == strategy
+
+
+async def test_beam_width_one_never_judges():
+    engine = ScriptedEngine(lambda p, s: [f"cand-{i}" for i in range(s.n)])
+    for strategy in ("stage", "sentence", "best_of_n"):
+        await run_search(engine, QUESTION, SearchConfig(strategy=strategy, beam_width=1, stage_prompt="never"))
+    assert engine.choose_calls == 0
+
+
+async def test_events_arrive_in_order_and_end_with_the_result():
+    engine = ScriptedEngine(lambda p, s: [f"cand-{i}" for i in range(s.n)])
+    events = [e async for e in stream_search(engine, QUESTION, SearchConfig(beam_width=2, stage_prompt="never"))]
+    kinds = [(type(e).__name__, getattr(e, "stage", None)) for e in events]
+    assert kinds == [(k, s) for s in ("SUMMARY", "CAPTION", "REASONING", "CONCLUSION")
+                     for k in ("StageStarted", "StageDecided")] + [("SearchFinished", None)]
+    decided = [e.text for e in events if isinstance(e, StageDecided)]
+    assert decided == [s.text for s in events[-1].result.stages]
+
+
+async def test_closing_the_stream_aborts_the_jobs_engine_work():
+    engine = ScriptedEngine(lambda p, s: ["x"] * s.n)
+    stream = stream_search(engine, QUESTION, SearchConfig(beam_width=2, stage_prompt="never"), job_id="gone")
+    first = await stream.__anext__()
+    assert isinstance(first, StageStarted)
+    engine.hang = True
+    await asyncio.sleep(0.01)
+    await stream.aclose()
+    assert engine.aborted == ["gone"]
+
+
+async def test_token_budget_is_shared_by_the_stages():
+    seen = []
+
+    def texts(prompt, settings):
+        seen.append(settings.max_tokens)
+        return ["a b c d e f g h i"] * settings.n  # 10 tokens each in the scripted count
+
+    engine = ScriptedEngine(texts)
+    await run_search(engine, QUESTION, SearchConfig(beam_width=1, stage_prompt="never",
+                                                    max_tokens_per_stage=16, max_tokens=30))
+    assert seen == [16, 16, 9, 1]
+
+
+def test_config_rejects_bad_values():
+    for bad in ({"strategy": "mcts"}, {"beam_width": 0}, {"judge": "vote"}, {"stage_prompt": "sometimes"},
+                {"top_p": 0.0}, {"max_tokens": 2}):
+        with pytest.raises(ValueError):
+            SearchConfig(**bad)

