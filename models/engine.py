@@ -8,7 +8,7 @@ it samples continuations of a rendered prompt and scores single-token options. E
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -93,6 +93,16 @@ class Generation:
 
 
 @dataclass(frozen=True)
+class StreamDelta:
+    """A piece of one streamed candidate: new text, and on the last piece the finished candidate."""
+
+    text: str
+    candidate: Candidate | None = None
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+
+
+@dataclass(frozen=True)
 class ChoiceResult:
     """The probability of each single-token option as the next token, summing to 1."""
 
@@ -146,6 +156,17 @@ class Engine(abc.ABC):
         Lower `priority` values run first where the engine schedules by priority.
         Raises PromptTooLongError for a prompt over the context, EngineError when the engine is dead.
         """
+
+    async def stream(
+        self, prompt: Prompt, settings: SamplingSettings, *, job_id: str, priority: int = 0
+    ) -> AsyncIterator[StreamDelta]:
+        """One candidate (settings.n must be 1), as text arrives; the last delta holds the candidate.
+
+        This default yields the whole text at once; engines that can stream override it.
+        """
+        generation = await self.generate(prompt, settings, job_id=job_id, priority=priority)
+        candidate = generation.candidates[0]
+        yield StreamDelta(candidate.text, candidate, generation.prompt_tokens, generation.cached_tokens)
 
     @abc.abstractmethod
     async def choose(

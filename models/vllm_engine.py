@@ -8,7 +8,7 @@ import itertools
 import logging
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from models.chat_template import ChatTemplateRenderer
@@ -23,6 +23,7 @@ from models.engine import (
     Prompt,
     PromptTooLongError,
     SamplingSettings,
+    StreamDelta,
 )
 from models.vllm_stats import VllmStatsCollector
 
@@ -55,7 +56,10 @@ class VllmEngine(Engine):
         renderer = ChatTemplateRenderer.from_pretrained(engine_args.tokenizer or engine_args.model)
         stats = VllmStatsCollector()
         llm = AsyncLLM.from_engine_args(engine_args, stat_loggers=[stats.factory])
-        return cls(llm, renderer, stats, model_name or engine_args.served_model_name or engine_args.model)
+        served = engine_args.served_model_name
+        if isinstance(served, (list, tuple)):
+            served = served[0] if served else None
+        return cls(llm, renderer, stats, model_name or served or engine_args.model)
 
     # -- prompts -------------------------------------------------------------------------------
 
@@ -81,32 +85,34 @@ class VllmEngine(Engine):
     async def generate(
         self, prompt: Prompt, settings: SamplingSettings, *, job_id: str, priority: int = 0
     ) -> Generation:
-        from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
-        params = SamplingParams(
-            n=settings.n,
-            max_tokens=settings.max_tokens,
-            temperature=settings.temperature,
-            top_p=settings.top_p,
-            seed=settings.seed,
-            stop=list(settings.stop) or None,
-            logprobs=0,  # the sampled token's log-probability, for cumulative_logprob
-            # Only the final output: the cumulative kind streams one completion at a time for n > 1.
-            output_kind=RequestOutputKind.FINAL_ONLY,
-        )
-        output = await self._run(prompt, params, job_id, priority)
-        candidates = tuple(
-            Candidate(
-                text=c.text,
-                num_tokens=len(c.token_ids),
-                cumulative_logprob=c.cumulative_logprob,
-                finish_reason=_finish_reason(c.finish_reason),
-                stop_reason=c.stop_reason if isinstance(c.stop_reason, str) else None,
-            )
-            for c in sorted(output.outputs, key=lambda c: c.index)
-        )
-        return Generation(candidates, _prompt_tokens(output), output.num_cached_tokens or 0)
+        # Only the final output: the cumulative kind streams one completion at a time for n > 1.
+        params = _sampling_params(settings, RequestOutputKind.FINAL_ONLY)
+        final = None
+        async for final in self._run(prompt, params, job_id, priority):
+            pass
+        candidates = tuple(_candidate(c) for c in sorted(final.outputs, key=lambda c: c.index))
+        return Generation(candidates, _prompt_tokens(final), final.num_cached_tokens or 0)
+
+    async def stream(
+        self, prompt: Prompt, settings: SamplingSettings, *, job_id: str, priority: int = 0
+    ) -> AsyncIterator[StreamDelta]:
+        from vllm.sampling_params import RequestOutputKind
+
+        if settings.n != 1:
+            raise ValueError("stream samples exactly one candidate")
+        text, tokens = "", 0
+        async for output in self._run(prompt, _sampling_params(settings, RequestOutputKind.DELTA), job_id, priority):
+            piece = output.outputs[0]
+            text += piece.text
+            tokens += len(piece.token_ids)
+            if output.finished:
+                done = _candidate(piece)
+                candidate = Candidate(text, tokens, done.cumulative_logprob, done.finish_reason, done.stop_reason)
+                yield StreamDelta(piece.text, candidate, _prompt_tokens(output), output.num_cached_tokens or 0)
+            elif piece.text:
+                yield StreamDelta(piece.text)
 
     async def choose(
         self, prompt: Prompt, options: Sequence[str], *, job_id: str, priority: int = 0
@@ -126,7 +132,9 @@ class VllmEngine(Engine):
             logprob_token_ids=token_ids,
             output_kind=RequestOutputKind.FINAL_ONLY,
         )
-        output = await self._run(prompt, params, job_id, priority)
+        output = None
+        async for output in self._run(prompt, params, job_id, priority):
+            pass
         completion = output.outputs[0]
         if completion.finish_reason == "abort" or not completion.logprobs:
             raise asyncio.CancelledError(f"choice for job {job_id} was aborted")
@@ -135,7 +143,8 @@ class VllmEngine(Engine):
         return ChoiceResult(dict(zip(options, _softmax(logprobs))), _prompt_tokens(output),
                             output.num_cached_tokens or 0)
 
-    async def _run(self, prompt: Prompt, params: Any, job_id: str, priority: int) -> Any:
+    async def _run(self, prompt: Prompt, params: Any, job_id: str, priority: int) -> AsyncIterator[Any]:
+        """One engine request, yielding vLLM's RequestOutputs; errors mapped to the contract's."""
         from vllm.exceptions import VLLMValidationError
         from vllm.v1.engine.exceptions import EngineDeadError
 
@@ -143,11 +152,12 @@ class VllmEngine(Engine):
             raise EngineError("the engine is not running")
         request_id = f"{job_id}-{next(self._ids)}"
         self._requests_by_job[job_id].add(request_id)
-        final = None
+        produced = False
         try:
             async for output in self._llm.generate(self._engine_input(prompt), params, request_id,
                                                    priority=priority):
-                final = output
+                produced = True
+                yield output
         except VLLMValidationError as exc:
             # vLLM words this check differently in its renderer and its input processor.
             if exc.parameter == "input_tokens" or "maximum model length" in str(exc):
@@ -155,9 +165,10 @@ class VllmEngine(Engine):
             raise ValueError(str(exc)) from exc
         except EngineDeadError as exc:
             raise EngineError(f"the engine died: {exc}") from exc
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, GeneratorExit):
             # The caller went away: stop the engine work too, not just our wait for it.
-            await self._llm.abort(request_id)
+            if not self._closed:
+                await asyncio.shield(self._llm.abort(request_id))
             raise
         finally:
             requests = self._requests_by_job.get(job_id)
@@ -165,9 +176,8 @@ class VllmEngine(Engine):
                 requests.discard(request_id)
                 if not requests:
                     del self._requests_by_job[job_id]
-        if final is None:
+        if not produced:
             raise EngineError(f"the engine returned nothing for {request_id}")
-        return final
 
     async def abort(self, job_id: str) -> None:
         request_ids = list(self._requests_by_job.get(job_id, ()))
@@ -200,6 +210,31 @@ class VllmEngine(Engine):
             # teardown, where it fails noisily on already-cleared globals.
             self._llm = None
             gc.collect()
+
+
+def _sampling_params(settings: SamplingSettings, output_kind: Any) -> Any:
+    from vllm import SamplingParams
+
+    return SamplingParams(
+        n=settings.n,
+        max_tokens=settings.max_tokens,
+        temperature=settings.temperature,
+        top_p=settings.top_p,
+        seed=settings.seed,
+        stop=list(settings.stop) or None,
+        logprobs=0,  # the sampled token's log-probability, for cumulative_logprob
+        output_kind=output_kind,
+    )
+
+
+def _candidate(completion: Any) -> Candidate:
+    return Candidate(
+        text=completion.text,
+        num_tokens=len(completion.token_ids),
+        cumulative_logprob=completion.cumulative_logprob,
+        finish_reason=_finish_reason(completion.finish_reason),
+        stop_reason=completion.stop_reason if isinstance(completion.stop_reason, str) else None,
+    )
 
 
 def _finish_reason(reason: str | None) -> str:

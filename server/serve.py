@@ -1,71 +1,103 @@
-"""`llava-o1 serve`: start the engine for a model and keep it serving until stopped.
-
-The HTTP API (OpenAI-style chat completions) arrives with its own issue; until then `serve`
-starts the engine, proves it answers with one warm-up request, says so, and runs until
-SIGINT/SIGTERM, then shuts the engine down cleanly.
-"""
+"""`llava-o1 serve`: start the engine, then the OpenAI-style HTTP API on it, until SIGINT/SIGTERM."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 from collections.abc import Sequence
-from dataclasses import dataclass
+
+import uvicorn
+
+from server.settings import ImageLimits, ServerSettings
 
 log = logging.getLogger("llava_o1.serve")
 
 
-@dataclass(frozen=True)
-class ServeConfig:
-    """The server's own settings (engine settings are vLLM's AsyncEngineArgs)."""
-
-    host: str = "127.0.0.1"
-    port: int = 8000
-    api_key: str | None = None
-
-
 def build_parser() -> argparse.ArgumentParser:
     from models.engine_config import add_engine_arguments, make_parser
+    from server.search_flags import add_search_arguments
 
     parser = make_parser("llava-o1 serve")
-    parser.description = "Serve a vision-language model with stage-level reasoning."
-    # vLLM's parser owns --model; its default here is the embedded tiny model.
-    add_engine_arguments(parser)
+    parser.description = "Serve a vision-language model with stage-level reasoning behind an OpenAI-style API."
+    defaults, images = ServerSettings(), ImageLimits()
     server = parser.add_argument_group("server")
-    server.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    server.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    server.add_argument("--host", default=defaults.host, help=f"address to listen on (default {defaults.host})")
+    server.add_argument("--port", type=int, default=defaults.port, help=f"port (default {defaults.port})")
     server.add_argument("--api-key", default=os.environ.get("LLAVA_O1_API_KEY"),
                         help="require this bearer token (default: $LLAVA_O1_API_KEY, else none)")
+    server.add_argument("--max-beam-width", type=int, default=defaults.max_beam_width,
+                        help="largest beam_width a request may ask for")
+    server.add_argument("--max-body-bytes", type=int, default=defaults.max_body_bytes)
+    server.add_argument("--max-images", type=int, default=images.max_images, help="images per request")
+    server.add_argument("--max-image-pixels", type=int, default=images.max_pixels)
+    server.add_argument("--allow-remote-images", action="store_true", help="accept http(s) image URLs")
+    server.add_argument("--allow-private-image-hosts", nargs="*", default=[], metavar="HOST[:PORT]",
+                        help="remote image hosts allowed to resolve to loopback/private addresses")
+    server.add_argument("--remote-image-max-bytes", type=int, default=images.remote_max_bytes)
+    server.add_argument("--remote-image-timeout", type=float, default=images.remote_timeout_s, help="seconds")
+    add_search_arguments(parser)
+    # vLLM's parser owns --model; its default here is the embedded tiny model.
+    add_engine_arguments(parser)
     return parser
+
+
+def settings_from(args: argparse.Namespace) -> ServerSettings:
+    from server.search_flags import search_config_from
+
+    search = search_config_from(args)
+    if not 1 <= search.beam_width <= args.max_beam_width:
+        raise SystemExit(f"llava-o1 serve: --beam-width must be between 1 and --max-beam-width ({args.max_beam_width})")
+    return ServerSettings(
+        host=args.host, port=args.port, api_key=args.api_key or None, search=search,
+        max_beam_width=args.max_beam_width, max_body_bytes=args.max_body_bytes,
+        images=ImageLimits(max_images=args.max_images, max_pixels=args.max_image_pixels,
+                           allow_remote=args.allow_remote_images,
+                           private_hosts_allowed=tuple(args.allow_private_image_hosts),
+                           remote_max_bytes=args.remote_image_max_bytes,
+                           remote_timeout_s=args.remote_image_timeout),
+    )
 
 
 def serve(argv: Sequence[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(list(argv))
-    config = ServeConfig(host=args.host, port=args.port, api_key=args.api_key)
-    asyncio.run(_serve_engine(config, args))
+    settings = settings_from(args)
+    asyncio.run(_serve(settings, args))
     return 0
 
 
-async def _serve_engine(config: ServeConfig, args: argparse.Namespace) -> None:
-    from models.engine import ChatMessage, SamplingSettings
+class GracefulServer(uvicorn.Server):
+    """uvicorn re-raises SIGINT/SIGTERM after its own shutdown, which would end the process
+    before the engine is shut down; here a signal only starts the graceful shutdown."""
+
+    @contextlib.contextmanager
+    def capture_signals(self):
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.handle_exit, sig, None)
+        try:
+            yield
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+
+
+async def _serve(settings: ServerSettings, args: argparse.Namespace) -> None:
+
     from models.engine_factory import start_engine
+    from server.app import create_app
 
     engine = start_engine(args)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     try:
-        prompt = engine.render([ChatMessage("user", "Hello")])
-        await engine.generate(prompt, SamplingSettings(max_tokens=4), job_id="warmup")
-        log.info("engine ready: model %s, context %d tokens", engine.model_name, engine.max_model_len)
-        log.info("the HTTP API is not part of this build yet; only the engine runs "
-                 "(would listen on %s:%d). Ctrl-C stops it.", config.host, config.port)
-        await stop.wait()
+        app = create_app(engine, settings)
+        config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info",
+                                timeout_graceful_shutdown=5)
+        log.info("serving model %s on http://%s:%d/v1", engine.model_name, settings.host, settings.port)
+        await GracefulServer(config).serve()
     finally:
         log.info("shutting down the engine")
         await engine.shutdown()

@@ -14,8 +14,17 @@ class StageStarted:
 
 
 @dataclass(frozen=True)
+class StageDelta:
+    """More text of a stage being sampled as a single candidate (beam width 1); never taken back."""
+
+    stage: str
+    index: int
+    text: str
+
+
+@dataclass(frozen=True)
 class StageDecided:
-    """A stage's winner is chosen; `text` is its body (without tags) and will not change."""
+    """A stage's winner is chosen; `text` is its whole body (without tags), deltas included."""
 
     stage: str
     index: int
@@ -27,4 +36,4 @@ class SearchFinished:
     result: SearchResult
 
 
-SearchEvent = StageStarted | StageDecided | SearchFinished
+SearchEvent = StageStarted | StageDelta | StageDecided | SearchFinished

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from models.engine import Candidate, ChatMessage, ChatPart, Engine, SamplingSettings
 from stage_search.config import SearchConfig
-from stage_search.events import SearchEvent
+from stage_search.events import SearchEvent, StageDelta
 from stage_search.judge import Contender, JudgeContext, PairwiseJudge
 from stage_search.prompts import is_stage_trained, stage_instruction
 from stage_search.stages import Stage
@@ -123,6 +123,31 @@ class SearchJob:
         self.accepted_tokens += chosen.num_tokens
         return Branch(result.winner.text, chosen, step)
 
+    async def sample_one(self, assistant_prefix: str, *, max_tokens: int, stop: tuple[str, ...],
+                         stage: Stage) -> Branch:
+        """One candidate, no judge, streamed: settled text goes out as StageDelta events at once."""
+        prompt = self.engine.render(self.messages, assistant_prefix)
+        settings = SamplingSettings(n=1, max_tokens=max_tokens, temperature=self.config.temperature,
+                                    top_p=self.config.top_p, seed=self.next_seed(), stop=stop)
+        raw, sent, last = "", 0, None
+        async for delta in self.engine.stream(prompt, settings, job_id=self.job_id,
+                                              priority=self.priority(stage.index)):
+            raw += delta.text
+            settled = self.stages.settled_length(raw)
+            if settled > sent:
+                self.emit(StageDelta(stage.name, stage.index, raw[sent:settled]))
+                sent = settled
+            last = delta
+        candidate = last.candidate
+        text = self.stages.clean_content(candidate.text)
+        step = StepTrace(prompt_tokens=last.prompt_tokens, cached_tokens=last.cached_tokens,
+                         candidates=[CandidateTrace(0, text, candidate.num_tokens, candidate.finish_reason)])
+        self.usage.prompt_tokens += last.prompt_tokens
+        self.usage.cached_tokens += last.cached_tokens
+        self.usage.completion_tokens += candidate.num_tokens
+        self.accepted_tokens += candidate.num_tokens
+        return Branch(text, candidate, step)
+
     def result(self, stages: list[StageTrace], answer_steps: list[StepTrace] | None = None) -> SearchResult:
         contents = {s.name: s.text for s in stages}
         return SearchResult(
@@ -134,4 +159,13 @@ class SearchJob:
             usage=self.usage,
             seconds=time.perf_counter() - self.started,
             answer_steps=answer_steps or [],
+            finish_reason=_finish_reason(stages, answer_steps),
         )
+
+
+def _finish_reason(stages: list[StageTrace], answer_steps: list[StepTrace] | None) -> str:
+    """"length" when the answer's last chosen text was cut by a token limit, else "stop"."""
+    last_step = (answer_steps or stages[-1].steps or [None])[-1]
+    if last_step is None or not last_step.candidates:
+        return "stop"
+    return "length" if last_step.candidates[last_step.winner].finish_reason == "length" else "stop"

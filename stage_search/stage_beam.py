@@ -25,10 +25,13 @@ async def search_stages(job: SearchJob, n: int) -> SearchResult:
     for stage in job.stages:
         started = time.perf_counter()
         job.emit(StageStarted(stage.name, stage.index))
-        branch = await job.branch(
-            accepted + stage.open_tag, n=n, max_tokens=job.token_limit(stage.index), stop=(stage.close_tag,),
-            clean=lambda candidate: job.stages.clean_content(candidate.text),
-            accepted=accepted, stage=stage, stage_index=stage.index)
+        prefix, limit, stop = accepted + stage.open_tag, job.token_limit(stage.index), (stage.close_tag,)
+        if n == 1:
+            branch = await job.sample_one(prefix, max_tokens=limit, stop=stop, stage=stage)
+        else:
+            branch = await job.branch(prefix, n=n, max_tokens=limit, stop=stop,
+                                      clean=lambda candidate: job.stages.clean_content(candidate.text),
+                                      accepted=accepted, stage=stage, stage_index=stage.index)
         accepted += f"{stage.open_tag}{branch.text}{stage.close_tag}{STAGE_SEPARATOR}"
         traces.append(StageTrace(stage.name, branch.text, [branch.step], time.perf_counter() - started))
         job.emit(StageDecided(stage.name, stage.index, branch.text))

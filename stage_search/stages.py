@@ -72,6 +72,16 @@ class StageSet:
         cut = min((i for i in (text.find(t) for t in self.all_tags) if i >= 0), default=len(text))
         return text[:cut]
 
+    def settled_length(self, text: str) -> int:
+        """How much of a stage body being streamed is final: the text before any tag, less a tail
+        that could still grow into a tag (so streamed text is never taken back)."""
+        head = self.clean_content(text)
+        longest = max(len(t) for t in self.all_tags) - 1
+        for k in range(min(len(head), longest), 0, -1):
+            if any(tag.startswith(head[-k:]) for tag in self.all_tags):
+                return len(head) - k
+        return len(head)
+
     def render(self, contents: dict[str, str]) -> str:
         """Tagged text of the stages present in `contents` (by stage name), in stage order."""
         return "\n\n".join(f"{s.open_tag}{contents[s.name]}{s.close_tag}" for s in self.stages if s.name in contents)

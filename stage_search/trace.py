@@ -82,6 +82,7 @@ class SearchResult:
     seconds: float
     # best_of_n judges whole answers, not stages: its steps live here.
     answer_steps: list[StepTrace] = field(default_factory=list)
+    finish_reason: str = "stop"  # "length" when the conclusion was cut by a token limit
 
     def stage_text(self, name: str) -> str:
         return next(s.text for s in self.stages if s.name == name)
@@ -110,5 +111,6 @@ class SearchResult:
             "stages": stages,
             "answer_steps": [asdict(s) for s in self.answer_steps],
             "usage": asdict(self.usage),
+            "finish_reason": self.finish_reason,
             "seconds": round(self.seconds, 4),
         }

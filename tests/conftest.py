@@ -41,3 +41,91 @@ def cli_env(tmp_path_factory) -> dict[str, str]:
     env["LLAVA_O1_CACHE"] = str(tmp_path_factory.mktemp("cache"))
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     return env
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def image_host():
+    """A loopback HTTP server with images for the remote-image tests: ok, too big, too slow."""
+    import http.server
+    import io
+    import threading
+    import time
+
+    from helpers import shapes_image
+
+    buffer = io.BytesIO()
+    shapes_image().save(buffer, format="PNG")
+    files = {"/shapes.png": buffer.getvalue(), "/big.png": b"\0" * 300_000}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            if self.path == "/slow.png":
+                time.sleep(4)
+            body = files.get(self.path, files["/shapes.png"] if self.path == "/slow.png" else None)
+            if body is None:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+API_KEY = "sk-test-key"
+
+
+@pytest.fixture(scope="session")
+def server(cli_env, image_host, tmp_path_factory):
+    """`llava-o1 serve` as a real subprocess on loopback with the embedded model (built on first use)."""
+    import signal
+    import subprocess
+    import time
+
+    import httpx
+
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("server") / "serve.log"
+    args = ["llava-o1", "serve", "--port", str(port), "--api-key", API_KEY, "--max-tokens-per-stage", "16",
+            "--max-beam-width", "6", "--max-images", "2", "--max-image-pixels", "1000000",
+            "--max-body-bytes", "2000000", "--allow-remote-images", "--allow-private-image-hosts", image_host,
+            "--remote-image-max-bytes", "100000", "--remote-image-timeout", "1.5", "--max-model-len", "4096"]
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(args, env=cli_env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("server did not become healthy:\n" + log_path.read_text()[-5000:])
+    yield {"base": base, "port": port, "log": log_path, "process": proc}
+    proc.send_signal(signal.SIGINT)
+    try:
+        code = proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    assert code == 0, "server did not stop cleanly:\n" + log_path.read_text()[-3000:]

@@ -216,3 +216,22 @@ def test_config_rejects_bad_values():
                 {"top_p": 0.0}, {"max_tokens": 2}):
         with pytest.raises(ValueError):
             SearchConfig(**bad)
+
+
+@pytest.mark.parametrize("text,settled", [
+    ("plain words", 11), ("ends with <", 10), ("ends with </CAP", 10), ("cut <CAPTION> here", 4),
+    ("a < b", 5), ("x</", 1),
+])
+def test_settled_length_holds_back_what_could_become_a_tag(text, settled):
+    assert StageSet.from_names().settled_length(text) == settled
+
+
+async def test_beam_width_one_streams_settled_text_before_the_stage_is_decided():
+    from stage_search.events import StageDelta
+
+    engine = ScriptedEngine(lambda p, s: [" one two <CAPTION> three"])
+    events = [e async for e in stream_search(engine, QUESTION, SearchConfig(beam_width=1, stage_prompt="never"))]
+    summary_deltas = "".join(e.text for e in events if isinstance(e, StageDelta) and e.stage == "SUMMARY")
+    decided = next(e for e in events if isinstance(e, StageDecided) and e.stage == "SUMMARY")
+    assert decided.text == " one two "
+    assert decided.text.startswith(summary_deltas) and summary_deltas

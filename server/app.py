@@ -1,0 +1,29 @@
+"""The FastAPI application, built by a factory so tests and `serve` make it the same way."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import FastAPI
+
+from models.engine import Engine
+from server.body_limit import BodySizeLimit
+from server.chat_route import router as chat_router
+from server.errors import install_error_handlers
+from server.meta_routes import package_version
+from server.meta_routes import router as meta_router
+from server.settings import ServerSettings
+from server.state import ServerState
+
+
+def create_app(engine: Engine, settings: ServerSettings | None = None) -> FastAPI:
+    """An app serving `engine` (already started; its lifetime is the caller's)."""
+    settings = settings or ServerSettings()
+    app = FastAPI(title="llava-o1", version=package_version("llava-o1") or "0",
+                  description="OpenAI-style chat completions with stage-level reasoning search.")
+    app.state.llava_o1 = ServerState(engine=engine, settings=settings, started=time.time())
+    install_error_handlers(app)
+    app.include_router(chat_router)
+    app.include_router(meta_router)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    return app

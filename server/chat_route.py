@@ -1,0 +1,131 @@
+"""POST /v1/chat/completions: one request, one search job, answered whole or streamed as SSE."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from models.engine import EngineError, PromptTooLongError
+from server.auth import require_api_key
+from server.chat_output import StageTextWriter, whole_message
+from server.chat_request import ChatJob, to_chat_job
+from server.errors import APIError, error_body
+from server.schemas import ChatCompletion, ChatCompletionRequest
+from server.state import ServerState, get_state
+from stage_search.events import SearchFinished
+from stage_search.search import run_search, stream_search
+from stage_search.trace import SearchResult
+
+log = logging.getLogger("llava_o1.server")
+router = APIRouter()
+
+DISCONNECT_POLL_S = 0.25
+
+
+@router.post("/v1/chat/completions", dependencies=[Depends(require_api_key)], response_model=ChatCompletion)
+async def chat_completions(body: ChatCompletionRequest, request: Request, state: ServerState = Depends(get_state)):
+    job = await to_chat_job(body, state.settings, state.model_names)
+    completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+    if body.stream:
+        stream = _sse(state, job, completion_id)
+        return StreamingResponse(stream, media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    result = await _search_until_disconnect(state, job, completion_id, request)
+    return JSONResponse(_completion(state, job, completion_id, result))
+
+
+async def _search_until_disconnect(state: ServerState, job: ChatJob, job_id: str, request: Request) -> SearchResult:
+    """Run the search; if the client goes away first, cancel it (which aborts its engine work)."""
+    search = asyncio.create_task(run_search(state.engine, job.messages, job.config, job_id=job_id))
+    try:
+        while True:
+            done, _ = await asyncio.wait({search}, timeout=DISCONNECT_POLL_S)
+            if done:
+                return _search_result(search)
+            if await request.is_disconnected():
+                log.info("client of %s went away; search cancelled", job_id)
+                raise APIError(499, "client closed the request")
+    finally:
+        if not search.done():
+            search.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await search
+
+
+def _search_result(search: asyncio.Task) -> SearchResult:
+    try:
+        return search.result()
+    except PromptTooLongError as exc:
+        raise APIError(400, str(exc), param="messages", code="context_length_exceeded") from exc
+    except EngineError as exc:
+        raise APIError(503, f"the engine is unavailable: {exc}", code="engine_unavailable") from exc
+
+
+def _usage(result: SearchResult) -> dict:
+    u = result.usage
+    return {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
+            "total_tokens": u.prompt_tokens + u.completion_tokens, "judge_tokens": u.judge_tokens,
+            "prompt_tokens_details": {"cached_tokens": u.cached_tokens}}
+
+
+def _reasoning(job: ChatJob, result: SearchResult) -> dict:
+    info = {"strategy": job.config.strategy, "beam_width": job.config.beam_width, "judge": job.config.judge,
+            "debias": job.config.debias}
+    if job.trace:
+        info["trace"] = result.to_dict()
+    return info
+
+
+def _completion(state: ServerState, job: ChatJob, completion_id: str, result: SearchResult) -> dict:
+    message = whole_message(result, job.config.stages, job.output)
+    return {
+        "id": completion_id, "object": "chat.completion", "created": int(time.time()),
+        "model": state.model_names[0],
+        "choices": [{"index": 0, "message": {"role": "assistant", **message},
+                     "finish_reason": result.finish_reason}],
+        "usage": _usage(result),
+        "reasoning": _reasoning(job, result),
+    }
+
+
+async def _sse(state: ServerState, job: ChatJob, completion_id: str) -> AsyncIterator[str]:
+    """chat.completion.chunk events: a role chunk, stage pieces as they are decided, the finish
+    chunk, a usage chunk when asked, then [DONE]. Errors after the start arrive as an error event.
+    A client that disconnects cancels this generator, which cancels the search and its engine work."""
+    created = int(time.time())
+    model = state.model_names[0]
+
+    def chunk(delta: dict, finish_reason: str | None = None, **extra) -> str:
+        body = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}], **extra}
+        return f"data: {json.dumps(body)}\n\n"
+
+    writer = StageTextWriter(job.config.stages, job.output)
+    yield chunk({"role": "assistant", "content": ""})
+    try:
+        async for event in stream_search(state.engine, job.messages, job.config, job_id=completion_id):
+            for piece in writer.pieces(event):
+                yield chunk({piece.field: piece.text, "stage": piece.stage})
+            if isinstance(event, SearchFinished):
+                result = event.result
+        yield chunk({}, result.finish_reason, reasoning=_reasoning(job, result))
+        if job.include_usage:
+            body = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
+                    "choices": [], "usage": _usage(result)}
+            yield f"data: {json.dumps(body)}\n\n"
+    except PromptTooLongError as exc:
+        yield f"data: {json.dumps(error_body(400, str(exc), 'messages', 'context_length_exceeded'))}\n\n"
+    except EngineError as exc:
+        yield f"data: {json.dumps(error_body(503, f'the engine is unavailable: {exc}', None, 'engine_unavailable'))}\n\n"
+    except Exception:  # the stream has started: report in-band rather than cut the connection
+        log.exception("search %s failed while streaming", completion_id)
+        yield f"data: {json.dumps(error_body(500, 'internal server error', None, 'internal_error'))}\n\n"
+    yield "data: [DONE]\n\n"

@@ -1,0 +1,75 @@
+"""Errors in the OpenAI shape: {"error": {"message", "type", "param", "code"}}, never a bare 500."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("llava_o1.server")
+
+_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
+          405: "invalid_request_error", 413: "invalid_request_error", 503: "service_unavailable_error",
+          504: "timeout_error"}
+
+
+class APIError(Exception):
+    """An error answered to the client as-is (status, message, and which parameter was wrong)."""
+
+    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+
+    def body(self) -> dict:
+        return error_body(self.status, self.message, self.param, self.code)
+
+
+def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict:
+    return {"error": {"message": message, "type": _TYPES.get(status, "server_error"), "param": param, "code": code}}
+
+
+def error_response(status: int, message: str, param: str | None = None, code: str | None = None,
+                   headers: dict | None = None) -> JSONResponse:
+    return JSONResponse(error_body(status, message, param, code), status_code=status, headers=headers)
+
+
+def _describe_validation(exc: RequestValidationError) -> tuple[str, str | None, str]:
+    """The first problem of a request body, as (message, param, code)."""
+    problem = exc.errors()[0]
+    loc = [str(p) for p in problem.get("loc", ()) if p != "body"]
+    kind = problem.get("type", "")
+    if kind == "json_invalid":
+        return f"the request body is not valid JSON: {problem.get('ctx', {}).get('error', 'parse error')}", None, "invalid_json"
+    param = ".".join(loc) or None
+    if kind == "extra_forbidden":
+        return f"unsupported field '{param}'", param, "unsupported_field"
+    if kind == "missing":
+        return f"missing required field '{param}'", param, "missing_field"
+    return f"invalid value for '{param}': {problem.get('msg', 'invalid')}", param, "invalid_value"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, exc: APIError):
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        message, param, code = _describe_validation(exc)
+        return error_response(400, message, param, code)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        return error_response(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return error_response(500, "internal server error", code="internal_error")

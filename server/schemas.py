@@ -1,0 +1,133 @@
+"""OpenAI chat-completion request and response models, field by field, plus our extensions.
+
+Extensions: the request's `reasoning` object (clients send it through `extra_body`); in
+responses, `message.reasoning_content`, `delta.stage`, `usage.judge_tokens` and `reasoning`.
+Unknown request fields are refused (400) rather than silently ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from stage_search.config import JudgeMode, StagePrompt, StrategyName
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ImageURL(_Strict):
+    url: str
+    detail: Literal["auto", "low", "high"] | None = None
+
+
+class TextPart(_Strict):
+    type: Literal["text"]
+    text: str
+
+
+class ImagePart(_Strict):
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
+ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
+
+
+class Message(_Strict):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+
+
+class StreamOptions(_Strict):
+    include_usage: bool = False
+
+
+class ReasoningOptions(_Strict):
+    """The `reasoning` extension: how to search, and what to return."""
+
+    strategy: StrategyName | None = None
+    beam_width: int | None = None
+    judge: JudgeMode | None = None
+    debias: bool | None = None
+    stage_prompt: StagePrompt | None = None
+    max_tokens_per_stage: Annotated[int, Field(ge=1)] | None = None
+    trace: bool = False
+    output: Literal["split", "tagged"] = "split"
+
+
+class ChatCompletionRequest(_Strict):
+    model: str
+    messages: Annotated[list[Message], Field(min_length=1)]
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
+    top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+    seed: int | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    reasoning: ReasoningOptions | None = None
+    # Accepted for compatibility only with the value that means "nothing special".
+    n: Literal[1] | None = None
+    user: str | None = None
+
+
+# -- responses -------------------------------------------------------------------------------
+
+
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int = 0
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int  # prompt + completion, as in OpenAI's API
+    judge_tokens: int  # extension: the pairwise judge's prompt and verdict tokens
+    prompt_tokens_details: PromptTokensDetails
+
+
+class ResponseMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+    reasoning_content: str | None = None
+
+
+class Choice(BaseModel):
+    index: int = 0
+    message: ResponseMessage
+    finish_reason: Literal["stop", "length"]
+
+
+class ReasoningInfo(BaseModel):
+    strategy: str
+    beam_width: int
+    judge: str
+    debias: bool
+    trace: dict[str, Any] | None = None
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: Usage
+    reasoning: ReasoningInfo
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "llava-o1"
+    max_model_len: int
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]

@@ -1,0 +1,29 @@
+"""The HTTP server's settings: one typed object, built from `llava-o1 serve` flags."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from stage_search.config import SearchConfig
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    max_images: int = 4  # per request
+    max_pixels: int = 4096 * 4096  # width x height; larger (or a decompression bomb) is refused
+    allow_remote: bool = False  # http(s) image URLs at all
+    # host or host:port that may resolve to loopback/private/link-local addresses (default: none)
+    private_hosts_allowed: tuple[str, ...] = ()
+    remote_max_bytes: int = 10 * 1024 * 1024
+    remote_timeout_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None
+    search: SearchConfig = field(default_factory=SearchConfig)  # defaults a request may override
+    max_beam_width: int = 8
+    max_body_bytes: int = 32 * 1024 * 1024
+    images: ImageLimits = field(default_factory=ImageLimits)

@@ -1,0 +1,308 @@
+"""The OpenAI-style HTTP API, through a real `llava-o1 serve` subprocess and the official client."""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+import time
+
+import httpx
+import openai
+import pytest
+from PIL import Image
+
+from conftest import API_KEY
+from helpers import shapes_image
+
+MODEL = "llava-o1-tiny"
+STAGES = ["SUMMARY", "CAPTION", "REASONING", "CONCLUSION"]
+TAGGED = re.compile(r"<SUMMARY>(.*)</SUMMARY>\n\n<CAPTION>(.*)</CAPTION>\n\n"
+                    r"<REASONING>(.*)</REASONING>\n\n<CONCLUSION>(.*)</CONCLUSION>", re.S)
+REASONING = re.compile(r"<SUMMARY>(.*)</SUMMARY>\n\n<CAPTION>(.*)</CAPTION>\n\n<REASONING>(.*)</REASONING>", re.S)
+
+
+def data_url(image: Image.Image | None = None, fmt: str = "PNG") -> str:
+    buffer = io.BytesIO()
+    (image or shapes_image()).save(buffer, format=fmt)
+    return f"data:image/{fmt.lower()};base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def question(text: str = "How many shapes?", *urls: str) -> list[dict]:
+    parts = [{"type": "image_url", "image_url": {"url": u}} for u in (urls or (data_url(),))]
+    return [{"role": "user", "content": [*parts, {"type": "text", "text": text}]}]
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server["base"] + "/v1", api_key=API_KEY, max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def http(server):
+    with httpx.Client(base_url=server["base"], headers={"Authorization": f"Bearer {API_KEY}"}, timeout=120) as c:
+        yield c
+
+
+def extra(obj, name):
+    return (obj.model_extra or {}).get(name)
+
+
+# -- answers --------------------------------------------------------------------------------------
+
+
+def test_split_answer_puts_the_conclusion_in_content_and_the_rest_in_reasoning_content(client):
+    response = client.chat.completions.create(model=MODEL, messages=question(),
+                                              extra_body={"reasoning": {"beam_width": 3}})
+    message = response.choices[0].message
+    assert isinstance(message.content, str) and "<" + "CONCLUSION>" not in message.content
+    assert REASONING.fullmatch(extra(message, "reasoning_content"))
+    assert response.choices[0].finish_reason in ("stop", "length")
+    usage = response.usage
+    assert usage.prompt_tokens > 0 and usage.completion_tokens > 0
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+    assert extra(usage, "judge_tokens") > 0
+    assert extra(response, "reasoning")["beam_width"] == 3
+
+
+def test_tagged_output_is_well_formed(client):
+    response = client.chat.completions.create(model=MODEL, messages=question(), max_tokens=40,
+                                              extra_body={"reasoning": {"output": "tagged", "beam_width": 2}})
+    assert TAGGED.fullmatch(response.choices[0].message.content)
+
+
+def test_trace_lists_candidates_and_matches_per_stage(client):
+    response = client.chat.completions.create(
+        model=MODEL, messages=question(), seed=3, temperature=0.9, top_p=0.95,
+        extra_body={"reasoning": {"beam_width": 4, "trace": True, "judge": "logprob", "debias": True}})
+    trace = extra(response, "reasoning")["trace"]
+    assert [s["name"] for s in trace["stages"]] == STAGES
+    for stage in trace["stages"]:
+        assert len(stage["candidates"]) == 4
+        assert len(stage["matches"]) == sum(c["merged_into"] is None for c in stage["candidates"]) - 1
+    assert trace["usage"]["judge_tokens"] == extra(response.usage, "judge_tokens")
+
+
+def stream_pieces(stream):
+    pieces, finish, usage = [], None, None
+    for chunk in stream:
+        if not chunk.choices:
+            usage = chunk.usage
+            continue
+        choice = chunk.choices[0]
+        finish = choice.finish_reason or finish
+        delta = choice.delta
+        for field in ("reasoning_content", "content"):
+            text = delta.content if field == "content" else extra(delta, field)
+            if text:
+                pieces.append((extra(delta, "stage"), field, text))
+    return pieces, finish, usage
+
+
+def test_streamed_stages_arrive_in_order_and_join_into_the_same_structure(client):
+    stream = client.chat.completions.create(model=MODEL, messages=question(), stream=True,
+                                            stream_options={"include_usage": True},
+                                            extra_body={"reasoning": {"beam_width": 2}})
+    pieces, finish, usage = stream_pieces(stream)
+    order = []
+    for stage, _, _ in pieces:
+        if not order or order[-1] != stage:
+            order.append(stage)
+    assert order == STAGES
+    reasoning = "".join(t for _, f, t in pieces if f == "reasoning_content")
+    assert REASONING.fullmatch(reasoning)
+    assert all(f == "content" for s, f, _ in pieces if s == "CONCLUSION")
+    assert finish in ("stop", "length")
+    assert usage.completion_tokens > 0 and extra(usage, "judge_tokens") > 0
+
+
+def test_streamed_tagged_answer_equals_the_tagged_text(client):
+    stream = client.chat.completions.create(model=MODEL, messages=question(), stream=True, seed=9,
+                                            extra_body={"reasoning": {"beam_width": 2, "output": "tagged"}})
+    pieces, _, _ = stream_pieces(stream)
+    assert TAGGED.fullmatch("".join(t for _, _, t in pieces))
+
+
+def test_beam_width_one_streams_token_by_token(client):
+    stream = client.chat.completions.create(model=MODEL, messages=question(), stream=True,
+                                            extra_body={"reasoning": {"beam_width": 1}})
+    pieces, _, _ = stream_pieces(stream)
+    summary_pieces = [t for s, _, t in pieces if s == "SUMMARY"]
+    # The opening tag, several text pieces, the closing tag.
+    assert len(summary_pieces) > 3
+
+
+async def test_async_client_plain_and_streaming(server):
+    client = openai.AsyncOpenAI(base_url=server["base"] + "/v1", api_key=API_KEY, max_retries=0)
+    response = await client.chat.completions.create(model=MODEL, messages=question(),
+                                                    extra_body={"reasoning": {"beam_width": 2}})
+    assert REASONING.fullmatch(extra(response.choices[0].message, "reasoning_content"))
+    stream = await client.chat.completions.create(model=MODEL, messages=question(), stream=True,
+                                                  extra_body={"reasoning": {"beam_width": 2}})
+    stages = [extra(c.choices[0].delta, "stage") async for c in stream if c.choices]
+    assert [s for i, s in enumerate(stages) if s and s not in stages[:i]] == STAGES
+    await client.close()
+
+
+@pytest.mark.parametrize("strategy", ["stage", "sentence", "best_of_n", "none"])
+def test_every_strategy_answers(client, strategy):
+    response = client.chat.completions.create(
+        model=MODEL, messages=question(), max_tokens=48,
+        extra_body={"reasoning": {"strategy": strategy, "beam_width": 2, "output": "tagged"}})
+    assert TAGGED.fullmatch(response.choices[0].message.content)
+    assert extra(response, "reasoning")["strategy"] == strategy
+
+
+def test_remote_image_from_an_allowed_host(client, image_host):
+    response = client.chat.completions.create(
+        model=MODEL, messages=question("How many?", f"http://{image_host}/shapes.png"),
+        extra_body={"reasoning": {"beam_width": 1}})
+    assert response.choices[0].message.content is not None
+
+
+def test_meta_endpoints(client, http, server):
+    assert [m.id for m in client.models.list().data] == [MODEL]
+    health = httpx.get(server["base"] + "/health")
+    assert health.status_code == 200 and health.json()["status"] == "ok"
+    assert http.get("/version").json()["model"] == MODEL
+    assert "/v1/chat/completions" in http.get("/openapi.json").json()["paths"]
+
+
+# -- errors ---------------------------------------------------------------------------------------
+
+
+def body(**changes) -> dict:
+    return {"model": MODEL, "messages": question(), "reasoning": {"beam_width": 1}, "max_tokens": 8, **changes}
+
+
+def bomb_url() -> str:
+    return data_url(Image.new("L", (4000, 4000)))  # 16M pixels, a few KB of PNG
+
+
+ERROR_CASES = {
+    "malformed_json": (dict(content=b'{"model": "llava-o1-tiny", "messages": [}'), 400, None),
+    "wrong_model": (dict(json=body(model="gpt-4o")), 404, "model"),
+    "no_user_message": (dict(json=body(messages=[{"role": "system", "content": "hi"}])), 400, "messages"),
+    "no_text": (dict(json=body(messages=[{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": data_url()}}]}])), 400, "messages"),
+    "empty_messages": (dict(json=body(messages=[])), 400, "messages"),
+    "invalid_base64": (dict(json=body(messages=question("q", "data:image/png;base64,@@notbase64@@"))), 400,
+                       "messages[0].content[0].image_url"),
+    "not_an_image": (dict(json=body(messages=question("q", "data:image/png;base64," +
+                                                      base64.b64encode(b"hello, not a picture").decode()))),
+                     400, "messages[0].content[0].image_url"),
+    "pixel_bomb": (dict(json=body(messages=question("q", "BOMB"))), 400, "messages[0].content[0].image_url"),
+    "too_many_images": (dict(json=body(messages=question("q", data_url(), data_url(), data_url()))), 400, "messages"),
+    "body_too_large": (dict(content=b'{"model": "' + b"x" * 2_100_000 + b'"}'), 413, None),
+    "prompt_too_long": (dict(json=body(messages=question("word " * 5000))), 400, "messages"),
+    "beam_width_too_big": (dict(json=body(reasoning={"beam_width": 7})), 400, "reasoning.beam_width"),
+    "beam_width_zero": (dict(json=body(reasoning={"beam_width": 0})), 400, "reasoning.beam_width"),
+    "unknown_strategy": (dict(json=body(reasoning={"strategy": "mcts"})), 400, "reasoning.strategy"),
+    "unsupported_field": (dict(json=body(tools=[{"type": "function"}])), 400, "tools"),
+    "n_above_one": (dict(json=body(n=2)), 400, "n"),
+    "max_tokens_below_stages": (dict(json=body(max_tokens=2)), 400, "max_tokens"),
+    "bad_temperature": (dict(json=body(temperature=5)), 400, "temperature"),
+    "remote_loopback": (dict(json=body(messages=question("q", "http://127.0.0.1:9/x.png"))), 400,
+                        "messages[0].content[0].image_url"),
+    "remote_localhost_name": (dict(json=body(messages=question("q", "http://localhost:1/x.png"))), 400,
+                              "messages[0].content[0].image_url"),
+    "remote_link_local": (dict(json=body(messages=question("q", "http://169.254.169.254/latest"))), 400,
+                          "messages[0].content[0].image_url"),
+    "remote_too_large": (dict(json=body(messages=question("q", "http://IMAGE_HOST/big.png"))), 400,
+                         "messages[0].content[0].image_url"),
+    "remote_too_slow": (dict(json=body(messages=question("q", "http://IMAGE_HOST/slow.png"))), 400,
+                        "messages[0].content[0].image_url"),
+    "bad_url_scheme": (dict(json=body(messages=question("q", "file:///etc/passwd"))), 400,
+                       "messages[0].content[0].image_url"),
+}
+
+
+def resolve(kwargs: dict, image_host: str) -> dict:
+    if "json" in kwargs:
+        text = str(kwargs["json"])
+        if "BOMB" in text or "IMAGE_HOST" in text:
+            import json
+
+            raw = json.dumps(kwargs["json"]).replace("BOMB", bomb_url()).replace("IMAGE_HOST", image_host)
+            return {"content": raw.encode(), "headers": {"Content-Type": "application/json"}}
+    if "content" in kwargs:
+        return {**kwargs, "headers": {"Content-Type": "application/json"}}
+    return kwargs
+
+
+def assert_still_serving(http):
+    ok = http.post("/v1/chat/completions", json=body())
+    assert ok.status_code == 200, ok.text
+
+
+@pytest.mark.parametrize("case", list(ERROR_CASES))
+def test_bad_input_gets_a_4xx_in_the_openai_error_shape(http, image_host, case):
+    kwargs, status, param = ERROR_CASES[case]
+    response = http.post("/v1/chat/completions", **resolve(kwargs, image_host))
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["message"] and error["type"]
+    if param is not None:
+        assert error["param"] == param, error
+    assert_still_serving(http)
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic abc"}])
+def test_api_key_is_required(server, http, headers):
+    response = httpx.post(server["base"] + "/v1/chat/completions", json=body(), headers=headers)
+    assert response.status_code == 401
+    assert response.json()["error"]["type"] == "authentication_error"
+    assert httpx.get(server["base"] + "/v1/models", headers=headers).status_code == 401
+    assert_still_serving(http)
+
+
+def test_unknown_route_is_a_404_in_the_error_shape(http):
+    response = http.get("/v1/nothing")
+    assert response.status_code == 404 and "error" in response.json()
+
+
+# -- cancellation ---------------------------------------------------------------------------------
+
+
+def running_requests(server) -> int:
+    return httpx.get(server["base"] + "/health").json()["running_requests"]
+
+
+def wait_for(predicate, timeout=20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+LONG_SEARCH = {"beam_width": 4, "max_tokens_per_stage": 2000}
+
+
+def test_a_streaming_client_that_disconnects_leaves_no_engine_work(server):
+    payload = body(stream=True, reasoning=LONG_SEARCH, max_tokens=None)
+    with httpx.Client(timeout=60) as c:
+        with c.stream("POST", server["base"] + "/v1/chat/completions", json=payload,
+                      headers={"Authorization": f"Bearer {API_KEY}"}) as response:
+            assert response.status_code == 200
+            lines = response.iter_lines()
+            assert next(lines).startswith("data: ")  # the role chunk: the search is under way
+            assert wait_for(lambda: running_requests(server) > 0), "the search never reached the engine"
+        # leaving the block closes the connection mid-search
+    assert wait_for(lambda: running_requests(server) == 0), "engine work kept running after the client left"
+
+
+def test_a_plain_client_that_disconnects_leaves_no_engine_work(server):
+    payload = body(reasoning=LONG_SEARCH, max_tokens=None)
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(server["base"] + "/v1/chat/completions", json=payload, timeout=3,
+                   headers={"Authorization": f"Bearer {API_KEY}"})
+    assert wait_for(lambda: running_requests(server) == 0), "engine work kept running after the client left"
+
+
+def test_serve_built_the_embedded_model_into_its_cache(server, cli_env):
+    from pathlib import Path
+
+    assert (Path(cli_env["LLAVA_O1_CACHE"]) / "tiny-idefics3" / "config.json").exists()
