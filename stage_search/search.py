@@ -54,6 +54,7 @@ async def stream_search(engine: Engine, messages: Sequence[ChatMessage], config:
     """
     queue: asyncio.Queue[SearchEvent] = asyncio.Queue()
     task = asyncio.create_task(run_search(engine, messages, config, job_id=job_id, on_event=queue.put_nowait))
+    getter: asyncio.Future | None = None
     try:
         while True:
             getter = asyncio.ensure_future(queue.get())
@@ -70,6 +71,8 @@ async def stream_search(engine: Engine, messages: Sequence[ChatMessage], config:
             if isinstance(event, SearchFinished):
                 return
     finally:
+        if getter is not None and not getter.done():
+            getter.cancel()
         if not task.done():
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
