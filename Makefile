@@ -7,7 +7,7 @@ STAMP := $(VENV)/.llava-o1-installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install serve test clean
+.PHONY: install tools serve test clean
 
 install: $(STAMP)
 
@@ -21,10 +21,15 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -c "import vllm, transformers, fastapi, models, server, stage_search; print('installed: vllm', vllm.__version__, '/ transformers', transformers.__version__)"
 	touch $(STAMP)
 
+# System tools the tests use: a real Prometheus server (Debian package) for the metrics test.
+tools:
+	@command -v prometheus >/dev/null || { apt-get update -qq && apt-get install -y -qq prometheus >/dev/null; } \
+		|| { echo "install the 'prometheus' package (Debian/Ubuntu: apt-get install prometheus)"; exit 1; }
+
 serve: install
 	$(VENV)/bin/llava-o1 serve --host $(HOST) --port $(PORT)
 
-test: install
+test: install tools
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 clean:

@@ -12,6 +12,9 @@ from server.chat_route import router as chat_router
 from server.errors import install_error_handlers
 from server.meta_routes import package_version
 from server.meta_routes import router as meta_router
+from server.metrics import ServerMetrics
+from server.metrics_middleware import ChatMetricsMiddleware
+from server.metrics_route import router as metrics_router
 from server.settings import ServerSettings
 from server.state import ServerState
 
@@ -21,9 +24,13 @@ def create_app(engine: Engine, settings: ServerSettings | None = None) -> FastAP
     settings = settings or ServerSettings()
     app = FastAPI(title="llava-o1", version=package_version("llava-o1") or "0",
                   description="OpenAI-style chat completions with stage-level reasoning search.")
-    app.state.llava_o1 = ServerState(engine=engine, settings=settings, started=time.time())
+    metrics = ServerMetrics(engine)
+    app.state.llava_o1 = ServerState(engine=engine, settings=settings, metrics=metrics, started=time.time())
     install_error_handlers(app)
     app.include_router(chat_router)
     app.include_router(meta_router)
+    app.include_router(metrics_router)
+    # Added last = outermost: requests refused for their size are counted too.
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(ChatMetricsMiddleware, metrics=metrics)
     return app

@@ -20,7 +20,7 @@ from server.chat_request import ChatJob, to_chat_job
 from server.errors import APIError, error_body
 from server.schemas import ChatCompletion, ChatCompletionRequest
 from server.state import ServerState, get_state
-from stage_search.events import SearchFinished
+from stage_search.events import SearchFinished, StageDecided
 from stage_search.search import run_search, stream_search
 from stage_search.trace import SearchResult
 
@@ -33,23 +33,39 @@ DISCONNECT_POLL_S = 0.25
 @router.post("/v1/chat/completions", dependencies=[Depends(require_api_key)], response_model=ChatCompletion)
 async def chat_completions(body: ChatCompletionRequest, request: Request, state: ServerState = Depends(get_state)):
     job = await to_chat_job(body, state.settings, state.model_names)
+    request.state.strategy = job.config.strategy
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     if body.stream:
-        stream = _sse(state, job, completion_id)
+        stream = _sse(state, job, completion_id, request)
         return StreamingResponse(stream, media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     result = await _search_until_disconnect(state, job, completion_id, request)
     return JSONResponse(_completion(state, job, completion_id, result))
 
 
+class _FirstStageClock:
+    """Records the time from the request's start to the first decided stage."""
+
+    def __init__(self, request: Request):
+        self._started = getattr(request.state, "started", time.perf_counter())
+        self.seconds: float | None = None
+
+    def __call__(self, event) -> None:
+        if self.seconds is None and isinstance(event, StageDecided):
+            self.seconds = time.perf_counter() - self._started
+
+
 async def _search_until_disconnect(state: ServerState, job: ChatJob, job_id: str, request: Request) -> SearchResult:
     """Run the search; if the client goes away first, cancel it (which aborts its engine work)."""
-    search = asyncio.create_task(run_search(state.engine, job.messages, job.config, job_id=job_id))
+    clock = _FirstStageClock(request)
+    search = asyncio.create_task(run_search(state.engine, job.messages, job.config, job_id=job_id, on_event=clock))
     try:
         while True:
             done, _ = await asyncio.wait({search}, timeout=DISCONNECT_POLL_S)
             if done:
-                return _search_result(search)
+                result = _search_result(search)
+                state.metrics.record_search(result, clock.seconds)
+                return result
             if await request.is_disconnected():
                 log.info("client of %s went away; search cancelled", job_id)
                 raise APIError(499, "client closed the request")
@@ -96,7 +112,7 @@ def _completion(state: ServerState, job: ChatJob, completion_id: str, result: Se
     }
 
 
-async def _sse(state: ServerState, job: ChatJob, completion_id: str) -> AsyncIterator[str]:
+async def _sse(state: ServerState, job: ChatJob, completion_id: str, request: Request) -> AsyncIterator[str]:
     """chat.completion.chunk events: a role chunk, stage pieces as they are decided, the finish
     chunk, a usage chunk when asked, then [DONE]. Errors after the start arrive as an error event.
     A client that disconnects cancels this generator, which cancels the search and its engine work."""
@@ -109,23 +125,32 @@ async def _sse(state: ServerState, job: ChatJob, completion_id: str) -> AsyncIte
         return f"data: {json.dumps(body)}\n\n"
 
     writer = StageTextWriter(job.config.stages, job.output)
+    clock = _FirstStageClock(request)
     yield chunk({"role": "assistant", "content": ""})
     try:
         async for event in stream_search(state.engine, job.messages, job.config, job_id=completion_id):
+            clock(event)
             for piece in writer.pieces(event):
                 yield chunk({piece.field: piece.text, "stage": piece.stage})
             if isinstance(event, SearchFinished):
                 result = event.result
+        state.metrics.record_search(result, clock.seconds)
         yield chunk({}, result.finish_reason, reasoning=_reasoning(job, result))
         if job.include_usage:
             body = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
                     "choices": [], "usage": _usage(result)}
             yield f"data: {json.dumps(body)}\n\n"
     except PromptTooLongError as exc:
+        request.state.outcome = "client_error"
         yield f"data: {json.dumps(error_body(400, str(exc), 'messages', 'context_length_exceeded'))}\n\n"
     except EngineError as exc:
+        request.state.outcome = "server_error"
         yield f"data: {json.dumps(error_body(503, f'the engine is unavailable: {exc}', None, 'engine_unavailable'))}\n\n"
+    except (asyncio.CancelledError, GeneratorExit):
+        request.state.outcome = "cancelled"  # the client went away mid-stream
+        raise
     except Exception:  # the stream has started: report in-band rather than cut the connection
+        request.state.outcome = "server_error"
         log.exception("search %s failed while streaming", completion_id)
         yield f"data: {json.dumps(error_body(500, 'internal server error', None, 'internal_error'))}\n\n"
     yield "data: [DONE]\n\n"

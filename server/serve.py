@@ -29,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--port", type=int, default=defaults.port, help=f"port (default {defaults.port})")
     server.add_argument("--api-key", default=os.environ.get("LLAVA_O1_API_KEY"),
                         help="require this bearer token (default: $LLAVA_O1_API_KEY, else none)")
+    server.add_argument("--metrics-require-api-key", action="store_true",
+                        help="protect /metrics with the API key too (default: open)")
     server.add_argument("--max-beam-width", type=int, default=defaults.max_beam_width,
                         help="largest beam_width a request may ask for")
     server.add_argument("--max-body-bytes", type=int, default=defaults.max_body_bytes)
@@ -54,6 +56,7 @@ def settings_from(args: argparse.Namespace) -> ServerSettings:
     return ServerSettings(
         host=args.host, port=args.port, api_key=args.api_key or None, search=search,
         max_beam_width=args.max_beam_width, max_body_bytes=args.max_body_bytes,
+        metrics_require_api_key=args.metrics_require_api_key,
         images=ImageLimits(max_images=args.max_images, max_pixels=args.max_image_pixels,
                            allow_remote=args.allow_remote_images,
                            private_hosts_allowed=tuple(args.allow_private_image_hosts),

@@ -26,4 +26,5 @@ class ServerSettings:
     search: SearchConfig = field(default_factory=SearchConfig)  # defaults a request may override
     max_beam_width: int = 8
     max_body_bytes: int = 32 * 1024 * 1024
+    metrics_require_api_key: bool = False  # open by default, as most exporters are
     images: ImageLimits = field(default_factory=ImageLimits)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from fastapi import Request
 
 from models.engine import Engine
+from server.metrics import ServerMetrics
 from server.settings import ServerSettings
 
 
@@ -14,6 +15,7 @@ from server.settings import ServerSettings
 class ServerState:
     engine: Engine
     settings: ServerSettings
+    metrics: ServerMetrics
     started: float
 
     @property
