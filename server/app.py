@@ -7,6 +7,7 @@ import time
 from fastapi import FastAPI
 
 from models.engine import Engine
+from server.admission import AdmissionController
 from server.body_limit import BodySizeLimit
 from server.chat_route import router as chat_router
 from server.errors import install_error_handlers
@@ -25,7 +26,10 @@ def create_app(engine: Engine, settings: ServerSettings | None = None) -> FastAP
     app = FastAPI(title="llava-o1", version=package_version("llava-o1") or "0",
                   description="OpenAI-style chat completions with stage-level reasoning search.")
     metrics = ServerMetrics(engine)
-    app.state.llava_o1 = ServerState(engine=engine, settings=settings, metrics=metrics, started=time.time())
+    admission = AdmissionController(settings.max_concurrent_searches, settings.max_queue,
+                                    on_change=lambda active, queued: metrics.queued.set(queued))
+    app.state.llava_o1 = ServerState(engine=engine, settings=settings, metrics=metrics, admission=admission,
+                                     started=time.time())
     install_error_handlers(app)
     app.include_router(chat_router)
     app.include_router(meta_router)

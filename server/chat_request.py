@@ -19,6 +19,8 @@ class ChatJob:
     output: str  # "split" or "tagged"
     trace: bool
     include_usage: bool
+    auto_beam_width: bool  # beam_width "auto": the route sets it from the load at admission
+    timeout_s: float
 
 
 async def to_chat_job(request: ChatCompletionRequest, settings: ServerSettings, model_names: list[str]) -> ChatJob:
@@ -32,6 +34,9 @@ async def to_chat_job(request: ChatCompletionRequest, settings: ServerSettings, 
         output=request.reasoning.output if request.reasoning else "split",
         trace=bool(request.reasoning and request.reasoning.trace),
         include_usage=bool(request.stream_options and request.stream_options.include_usage),
+        auto_beam_width=bool(request.reasoning and request.reasoning.beam_width == "auto"),
+        timeout_s=(request.reasoning.timeout if request.reasoning and request.reasoning.timeout
+                   else settings.request_timeout_s),
     )
 
 
@@ -82,7 +87,7 @@ def _search_config(request: ChatCompletionRequest, settings: ServerSettings) -> 
     if options is not None:
         for name in ("strategy", "judge", "debias", "stage_prompt", "max_tokens_per_stage", "beam_width"):
             value = getattr(options, name)
-            if value is not None:
+            if value is not None and value != "auto":
                 changes[name] = value
     beam_width = changes.get("beam_width", settings.search.beam_width)
     if not 1 <= beam_width <= settings.max_beam_width:

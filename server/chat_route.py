@@ -9,9 +9,11 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.background import BackgroundTask
 
 from models.engine import EngineError, PromptTooLongError
 from server.auth import require_api_key
@@ -34,13 +36,34 @@ DISCONNECT_POLL_S = 0.25
 async def chat_completions(body: ChatCompletionRequest, request: Request, state: ServerState = Depends(get_state)):
     job = await to_chat_job(body, state.settings, state.model_names)
     request.state.strategy = job.config.strategy
+    if job.auto_beam_width:
+        # Decided on arrival, from the queue this request joins.
+        width = state.admission.auto_beam_width(state.settings.max_beam_width)
+        job = replace(job, config=job.config.with_(beam_width=width))
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
-    if body.stream:
-        stream = _sse(state, job, completion_id, request)
-        return StreamingResponse(stream, media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    result = await _search_until_disconnect(state, job, completion_id, request)
+    deadline = asyncio.get_running_loop().time() + job.timeout_s
+    slot = contextlib.AsyncExitStack()
+    try:
+        # Waiting for a slot counts toward the deadline; a full queue is refused at once (429).
+        async with asyncio.timeout_at(deadline):
+            await slot.enter_async_context(state.admission.slot())
+        if body.stream:
+            # The stream owns the slot from here and releases it when it ends; the background task
+            # releases it too if the client left before the stream ever started.
+            return StreamingResponse(_sse(state, job, completion_id, request, slot, deadline),
+                                     media_type="text/event-stream", background=BackgroundTask(slot.aclose),
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        async with slot, asyncio.timeout_at(deadline):
+            result = await _search_until_disconnect(state, job, completion_id, request)
+    except TimeoutError as exc:
+        await slot.aclose()
+        raise _deadline_error(job) from exc
     return JSONResponse(_completion(state, job, completion_id, result))
+
+
+def _deadline_error(job: ChatJob) -> APIError:
+    return APIError(504, f"the request did not finish within its deadline of {job.timeout_s:g} s; "
+                         "its search was stopped", code="timeout")
 
 
 class _FirstStageClock:
@@ -112,7 +135,8 @@ def _completion(state: ServerState, job: ChatJob, completion_id: str, result: Se
     }
 
 
-async def _sse(state: ServerState, job: ChatJob, completion_id: str, request: Request) -> AsyncIterator[str]:
+async def _sse(state: ServerState, job: ChatJob, completion_id: str, request: Request,
+               slot: contextlib.AsyncExitStack, deadline: float) -> AsyncIterator[str]:
     """chat.completion.chunk events: a role chunk, stage pieces as they are decided, the finish
     chunk, a usage chunk when asked, then [DONE]. Errors after the start arrive as an error event.
     A client that disconnects cancels this generator, which cancels the search and its engine work."""
@@ -128,18 +152,23 @@ async def _sse(state: ServerState, job: ChatJob, completion_id: str, request: Re
     clock = _FirstStageClock(request)
     yield chunk({"role": "assistant", "content": ""})
     try:
-        async for event in stream_search(state.engine, job.messages, job.config, job_id=completion_id):
-            clock(event)
-            for piece in writer.pieces(event):
-                yield chunk({piece.field: piece.text, "stage": piece.stage})
-            if isinstance(event, SearchFinished):
-                result = event.result
+        async with slot, asyncio.timeout_at(deadline):
+            async for event in stream_search(state.engine, job.messages, job.config, job_id=completion_id):
+                clock(event)
+                for piece in writer.pieces(event):
+                    yield chunk({piece.field: piece.text, "stage": piece.stage})
+                if isinstance(event, SearchFinished):
+                    result = event.result
         state.metrics.record_search(result, clock.seconds)
         yield chunk({}, result.finish_reason, reasoning=_reasoning(job, result))
         if job.include_usage:
             body = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
                     "choices": [], "usage": _usage(result)}
             yield f"data: {json.dumps(body)}\n\n"
+    except TimeoutError:
+        request.state.outcome = "timeout"
+        error = _deadline_error(job)
+        yield f"data: {json.dumps(error_body(504, error.message, None, error.code))}\n\n"
     except PromptTooLongError as exc:
         request.state.outcome = "client_error"
         yield f"data: {json.dumps(error_body(400, str(exc), 'messages', 'context_length_exceeded'))}\n\n"

@@ -12,6 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 log = logging.getLogger("llava_o1.server")
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
+          429: "rate_limit_error",
           405: "invalid_request_error", 413: "invalid_request_error", 503: "service_unavailable_error",
           504: "timeout_error"}
 
@@ -19,12 +20,14 @@ _TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_f
 class APIError(Exception):
     """An error answered to the client as-is (status, message, and which parameter was wrong)."""
 
-    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None):
+    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status = status
         self.message = message
         self.param = param
         self.code = code
+        self.headers = headers or {}
 
     def body(self) -> dict:
         return error_body(self.status, self.message, self.param, self.code)
@@ -57,7 +60,7 @@ def _describe_validation(exc: RequestValidationError) -> tuple[str, str | None, 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError):
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        headers = {**exc.headers, **({"WWW-Authenticate": "Bearer"} if exc.status == 401 else {})}
         return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
 
     @app.exception_handler(RequestValidationError)

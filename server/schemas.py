@@ -50,13 +50,14 @@ class ReasoningOptions(_Strict):
     """The `reasoning` extension: how to search, and what to return."""
 
     strategy: StrategyName | None = None
-    beam_width: int | None = None
+    beam_width: int | Literal["auto"] | None = None
     judge: JudgeMode | None = None
     debias: bool | None = None
     stage_prompt: StagePrompt | None = None
     max_tokens_per_stage: Annotated[int, Field(ge=1)] | None = None
     trace: bool = False
     output: Literal["split", "tagged"] = "split"
+    timeout: Annotated[float, Field(gt=0)] | None = None  # seconds; default: the server's --request-timeout
 
 
 class ChatCompletionRequest(_Strict):

@@ -31,6 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="require this bearer token (default: $LLAVA_O1_API_KEY, else none)")
     server.add_argument("--metrics-require-api-key", action="store_true",
                         help="protect /metrics with the API key too (default: open)")
+    server.add_argument("--max-concurrent-searches", type=int, default=defaults.max_concurrent_searches,
+                        help="searches run at once; more wait in the queue")
+    server.add_argument("--max-queue", type=int, default=defaults.max_queue,
+                        help="searches that may wait for a slot; beyond it requests get 429")
+    server.add_argument("--request-timeout", type=float, default=defaults.request_timeout_s,
+                        help="seconds from arrival to the last byte before a request gets 504")
     server.add_argument("--max-beam-width", type=int, default=defaults.max_beam_width,
                         help="largest beam_width a request may ask for")
     server.add_argument("--max-body-bytes", type=int, default=defaults.max_body_bytes)
@@ -57,6 +63,8 @@ def settings_from(args: argparse.Namespace) -> ServerSettings:
         host=args.host, port=args.port, api_key=args.api_key or None, search=search,
         max_beam_width=args.max_beam_width, max_body_bytes=args.max_body_bytes,
         metrics_require_api_key=args.metrics_require_api_key,
+        max_concurrent_searches=args.max_concurrent_searches, max_queue=args.max_queue,
+        request_timeout_s=args.request_timeout,
         images=ImageLimits(max_images=args.max_images, max_pixels=args.max_image_pixels,
                            allow_remote=args.allow_remote_images,
                            private_hosts_allowed=tuple(args.allow_private_image_hosts),

@@ -27,4 +27,7 @@ class ServerSettings:
     max_beam_width: int = 8
     max_body_bytes: int = 32 * 1024 * 1024
     metrics_require_api_key: bool = False  # open by default, as most exporters are
+    max_concurrent_searches: int = 16
+    max_queue: int = 64  # searches waiting for a slot; beyond it, 429
+    request_timeout_s: float = 600.0  # from arrival (queueing included) to the last byte; then 504
     images: ImageLimits = field(default_factory=ImageLimits)

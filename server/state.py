@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from fastapi import Request
 
 from models.engine import Engine
+from server.admission import AdmissionController
 from server.metrics import ServerMetrics
 from server.settings import ServerSettings
 
@@ -16,6 +17,7 @@ class ServerState:
     engine: Engine
     settings: ServerSettings
     metrics: ServerMetrics
+    admission: AdmissionController
     started: float
 
     @property

@@ -306,3 +306,19 @@ def test_serve_built_the_embedded_model_into_its_cache(server, cli_env):
     from pathlib import Path
 
     assert (Path(cli_env["LLAVA_O1_CACHE"]) / "tiny-idefics3" / "config.json").exists()
+
+
+async def test_seeded_requests_under_concurrent_load_never_kill_the_engine(server):
+    import asyncio
+
+    long_text = "How many red circles and blue squares are in the image? " * 20  # 16 x ~400 tokens: chunked prefill
+    async with httpx.AsyncClient(base_url=server["base"], timeout=180,
+                                 headers={"Authorization": f"Bearer {API_KEY}"}) as c:
+        async def one(i):
+            return await c.post("/v1/chat/completions", json=body(
+                messages=question(f"{i}: {long_text}"), seed=i if i % 4 == 0 else None,
+                reasoning={"beam_width": 2}, max_tokens=16))
+
+        responses = await asyncio.gather(*(one(i) for i in range(16)))
+    assert [r.status_code for r in responses] == [200] * 16
+    assert httpx.get(server["base"] + "/health").status_code == 200
