@@ -16,7 +16,7 @@ install: $(STAMP)
 # them (transformers falls back to its PIL image processors), so they are removed after install.
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -e '.[cpu,dev]' > $(VENV)/install.log 2>&1 || { grep -v "is ignored:" $(VENV)/install.log; exit 1; }
+	$(PIP) install -e '.[cpu,dev,bench]' > $(VENV)/install.log 2>&1 || { grep -v "is ignored:" $(VENV)/install.log; exit 1; }
 	$(PIP) uninstall -y torchvision torchaudio torchcodec >> $(VENV)/install.log 2>&1
 	$(PY) -c "import vllm, transformers, fastapi, models, server, stage_search; print('installed: vllm', vllm.__version__, '/ transformers', transformers.__version__)"
 	touch $(STAMP)

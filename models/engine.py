@@ -69,6 +69,10 @@ class SamplingSettings:
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    # False: recompute the prompt even if its prefix is cached (to measure unshared baselines).
+    use_prefix_cache: bool = True
+    # True: always sample max_tokens (end-of-turn does not stop); for exact token budgets.
+    ignore_eos: bool = False
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,17 @@ _CORPUS = [
     "Response 1 is better because it outlines the approach. I choose response 2.",
     "Since the caption is accurate and thorough, the reasoning is correct and consistent.",
     "0 1 2 3 4 5 6 7 8 9 A B C D yes no",
+    # Instruction and judge wording, so the prompts a search builds stay short for this model.
+    "Answer in four stages, each inside its tags and in this order: how you will approach the question,",
+    "what in the image matters for the question, step-by-step reasoning toward the answer,",
+    "the final answer only (for multiple choice, the option).",
+    "Two candidate sections were written for this question about the image. Question: The answer so far:",
+    "A better one is one where it outlines how the question will be approached, without already doing",
+    "the analysis or the math; it describes the image details that matter for the question thoroughly",
+    "and accurately, without general commentary; its logic and calculations are correct and follow from",
+    "the description of the image; it states the final answer directly, consistent with the reasoning,",
+    "and does not refuse to answer. Which response is better? Answer with 1 or 2. When explaining,",
+    "end with \"I choose response 1\" or \"I choose response 2\". answers reasons correctly from ends in",
 ]
 
 

@@ -224,6 +224,8 @@ def _sampling_params(settings: SamplingSettings, output_kind: Any) -> Any:
         stop=list(settings.stop) or None,
         logprobs=0,  # the sampled token's log-probability, for cumulative_logprob
         output_kind=output_kind,
+        skip_reading_prefix_cache=not settings.use_prefix_cache,
+        ignore_eos=settings.ignore_eos,
     )
 
 

@@ -15,6 +15,7 @@ USAGE = """usage: llava-o1 COMMAND [options]
 commands:
   serve        start the inference server (engine flags as in `vllm serve`)
   ask          answer one question about an image, without a server
+  bench        measure throughput and latency against the published procedure and the engine
   tiny-model   build the embedded tiny vision-language model into a folder
 
 `llava-o1 COMMAND --help` describes a command's options.
@@ -47,7 +48,14 @@ def ask_command(argv: Sequence[str]) -> int:
     return ask(argv)
 
 
+def bench_command(argv: Sequence[str]) -> int:
+    from server.bench import main as bench_main
+
+    return bench_main(argv)
+
+
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
+    "bench": bench_command,
     "serve": serve_command,
     "ask": ask_command,
     "tiny-model": tiny_model_command,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from models.engine import ChatMessage, ChatPart, Engine, SamplingSettings
+from models.engine import ChatMessage, Engine, SamplingSettings
 from stage_search.prompts import judge_question, parse_verdict
 from stage_search.stages import Stage
 from stage_search.trace import MatchTrace
@@ -23,12 +23,16 @@ class Contender:
 
 @dataclass(frozen=True)
 class JudgeContext:
-    """What every match of one step shares: the images, the question, the accepted answer so far."""
+    """What every match of one step shares: the conversation (images, question), the answer so far."""
 
-    images: tuple[ChatPart, ...]
-    question: str
+    conversation: tuple[ChatMessage, ...]
     accepted: str
     stage: Stage | None  # None: whole answers (best-of-N)
+
+    def messages(self, judge_text: str) -> list[ChatMessage]:
+        # The judge's prompt continues the conversation the candidates were sampled from, so its
+        # long prefix (image, question, accepted stages) is already in the engine's prefix cache.
+        return [*self.conversation, ChatMessage("assistant", self.accepted), ChatMessage("user", judge_text)]
 
 
 @dataclass(frozen=True)
@@ -50,8 +54,9 @@ class PairwiseJudge:
     """
 
     def __init__(self, engine: Engine, *, mode: str = "logprob", debias: bool = False, job_id: str,
-                 max_tokens: int = 96):
+                 max_tokens: int = 96, use_prefix_cache: bool = True):
         self._engine = engine
+        self._use_prefix_cache = use_prefix_cache
         self._mode = mode
         self._debias = debias
         self._job_id = job_id
@@ -83,11 +88,12 @@ class PairwiseJudge:
         return winner, match
 
     async def _judge(self, context: JudgeContext, first: Contender, second: Contender, priority: int) -> _Verdict:
-        text = judge_question(context.question, context.accepted, context.stage, first.text, second.text)
-        prompt = self._engine.render([ChatMessage("user", (*context.images, ChatPart.of_text(text)))])
+        text = judge_question(context.stage, first.text, second.text)
+        prompt = self._engine.render(context.messages(text))
         if self._mode == "generative":
             generation = await self._engine.generate(
-                prompt, SamplingSettings(n=1, max_tokens=self._max_tokens, temperature=0.0),
+                prompt, SamplingSettings(n=1, max_tokens=self._max_tokens, temperature=0.0,
+                                         use_prefix_cache=self._use_prefix_cache),
                 job_id=self._job_id, priority=priority)
             verdict = generation.candidates[0]
             tokens = generation.prompt_tokens + verdict.num_tokens

@@ -27,19 +27,17 @@ def stage_instruction(stages: StageSet) -> str:
     )
 
 
-def judge_question(question: str, accepted: str, stage: Stage | None, first: str, second: str) -> str:
-    """The judge's task: which of two continuations is better, by the stage's criteria.
+def judge_question(stage: Stage | None, first: str, second: str) -> str:
+    """The judge's turn, after the conversation and the answer so far: which continuation is better.
 
     `stage` None means whole answers are compared (best-of-N).
     """
     if stage is None:
         what, criteria = "answers", "it reasons correctly from the image and ends in a correct, direct answer"
     else:
-        what, criteria = f"{stage.name} sections", stage.criteria
-    so_far = f"The answer so far:\n{accepted.strip()}\n\n" if accepted.strip() else ""
+        what, criteria = f"{stage.name} sections to continue the answer above", stage.criteria
     return (
         f"Two candidate {what} were written for this question about the image.\n"
-        f"Question: {question.strip()}\n\n{so_far}"
         f"Response 1:\n{first.strip()}\n\nResponse 2:\n{second.strip()}\n\n"
         f"A better one is one where {criteria}. Which response is better? "
         "Answer with 1 or 2. When explaining, end with \"I choose response 1\" or \"I choose response 2\"."

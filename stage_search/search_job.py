@@ -45,11 +45,6 @@ class SearchJob:
         self._emit = emit or (lambda event: None)
         self._seeds = itertools.count(config.seed) if config.seed is not None else None
         self.messages = self._with_stage_instruction(list(messages))
-        user_parts = [p for m in messages if m.role == "user" and not isinstance(m.content, str) for p in m.content]
-        self.images = tuple(p for p in user_parts if p.type == "image")
-        last_user = next(m for m in reversed(messages) if m.role == "user")
-        self.question = (last_user.content if isinstance(last_user.content, str)
-                         else " ".join(p.text for p in last_user.content if p.type == "text"))
         self.judge = PairwiseJudge(engine, mode=config.judge, debias=config.debias, job_id=job_id,
                                    max_tokens=config.judge_max_tokens)
 
@@ -109,7 +104,7 @@ class SearchJob:
             step.candidates.append(CandidateTrace(index, text, candidate.num_tokens, candidate.finish_reason, merged))
             self.usage.completion_tokens += candidate.num_tokens
 
-        context = JudgeContext(self.images, self.question, accepted, stage)
+        context = JudgeContext(tuple(self.messages), accepted, stage)
         judge_priority = self.priority(stage_index, judging=True)
 
         async def play(a: Contender, b: Contender, round_: int):

@@ -54,3 +54,25 @@ def test_ask_refuses_a_file_that_is_not_an_image(cli_env, tmp_path):
     done = run(["ask", "--image", str(bad), "--question", "How many?"], cli_env)
     assert done.returncode == 2
     assert "cannot read image" in done.stderr
+
+
+def test_bench_runs_all_modes_and_writes_results_and_a_plot(cli_env, tmp_path):
+    import json
+
+    out = tmp_path / "bench"
+    done = run(["bench", "--modes", "ours,reference,raw", "--concurrency", "1,2", "--beam-width", "2",
+                "--requests", "3", "--reference-requests", "1", "--max-tokens-per-stage", "6", "--out", str(out)],
+               cli_env, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "| ours |" in done.stdout and "| reference |" in done.stdout and "| raw |" in done.stdout
+    assert "3/3 requests" in done.stderr  # progress
+    results = json.loads((out / "results.json").read_text())
+    for mode in ("ours", "reference", "raw"):
+        figures = results["modes"][mode]
+        for key in ("requests_per_second", "candidate_tokens_per_second", "latency_p50_s", "latency_p99_s"):
+            assert figures[key] is not None and figures[key] >= 0, (mode, key)
+        assert figures["failures"] == 0
+    assert [level["concurrency"] for level in results["modes"]["ours"]["by_concurrency"]] == [1, 2]
+    assert results["modes"]["raw"]["candidate_tokens_per_request"] > 0
+    assert set(results["ratios"]) == {"ours_vs_reference", "ours_vs_raw"}
+    assert (out / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

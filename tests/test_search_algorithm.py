@@ -72,7 +72,7 @@ async def test_all_identical_candidates_need_no_judge():
 
 async def judge_both_orders(engine, debias):
     judge = PairwiseJudge(engine, debias=debias, job_id="j")
-    context = JudgeContext((), "q", "", StageSet.from_names().stages[0])
+    context = JudgeContext(tuple(QUESTION), "", StageSet.from_names().stages[0])
     a, b = Contender(0, "cand-5"), Contender(1, "cand-4")
     return await judge.compare(context, a, b, 1), await judge.compare(context, b, a, 1)
 
@@ -92,7 +92,7 @@ async def test_debias_judges_twice_and_is_order_independent():
 async def test_debias_breaks_an_exact_tie_by_index_not_by_slot():
     engine = ScriptedEngine(lambda p, s: [], first_slot_bias=0.0)
     judge = PairwiseJudge(engine, debias=True, job_id="j")
-    context = JudgeContext((), "q", "", None)
+    context = JudgeContext(tuple(QUESTION), "", None)
     a, b = Contender(3, "cand-1"), Contender(1, "cand-1")
     assert (await judge.compare(context, a, b, 1))[0].index == 1
     assert (await judge.compare(context, b, a, 1))[0].index == 1

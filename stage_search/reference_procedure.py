@@ -1,0 +1,47 @@
+"""The published procedure's cost profile, for benchmarks only (not a serving strategy).
+
+Per stage: N candidates generated one after another (separate engine calls, prefix cache not
+read, so nothing is shared between them), then a pool reduced by N-1 free-text judge matches
+one after another, two picked at random each time. Callers run one question at a time.
+What it leaves out (so the comparison errs in the reference's favour): the published code also
+decodes the whole sequence at every token to check for stop strings.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+from models.engine import ChatMessage, Engine, SamplingSettings
+from stage_search.config import SearchConfig
+from stage_search.judge import Contender, JudgeContext, PairwiseJudge
+from stage_search.search_job import SearchJob
+from stage_search.stage_beam import STAGE_SEPARATOR
+
+
+async def reference_search(engine: Engine, messages: list[ChatMessage], config: SearchConfig, *,
+                           job_id: str, seed: int = 0) -> tuple[int, float | None]:
+    """Answer one question the published way; returns (candidate tokens, seconds to the first stage)."""
+    job = SearchJob(engine, messages, config.with_(judge="generative"), job_id=job_id)
+    judge = PairwiseJudge(engine, mode="generative", job_id=job_id, max_tokens=config.judge_max_tokens,
+                          use_prefix_cache=False)
+    rng = random.Random(seed)
+    accepted, tokens, first_stage = "", 0, None
+    for stage in job.stages:
+        prompt = engine.render(job.messages, accepted + stage.open_tag)
+        settings = SamplingSettings(n=1, max_tokens=job.token_limit(stage.index), temperature=config.temperature,
+                                    top_p=config.top_p, stop=(stage.close_tag,), use_prefix_cache=False)
+        pool = []
+        for index in range(config.beam_width):
+            candidate = (await engine.generate(prompt, settings, job_id=job_id)).candidates[0]
+            tokens += candidate.num_tokens
+            pool.append(Contender(index, job.stages.clean_content(candidate.text)))
+        context = JudgeContext(tuple(job.messages), accepted, stage)
+        while len(pool) > 1:
+            a, b = rng.sample(pool, 2)
+            winner, _ = await judge.compare(context, a, b, 1)
+            pool = [c for c in pool if c is not (b if winner is a else a)]
+        accepted += f"{stage.open_tag}{pool[0].text}{stage.close_tag}{STAGE_SEPARATOR}"
+        if first_stage is None:
+            first_stage = time.perf_counter() - job.started
+    return tokens, first_stage
