@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 from PIL import Image
 
@@ -33,3 +34,13 @@ async def seeded_load(engine: Engine, requests: int = 16, seeded_every: int = 4)
         return await engine.generate(prompt, SamplingSettings(n=2, max_tokens=16, seed=seed), job_id=f"load-{i}")
 
     return await asyncio.gather(*(one(i) for i in range(requests)), return_exceptions=True)
+
+
+def wait_for(predicate, timeout: float = 20.0) -> bool:
+    """Poll `predicate` until it holds (True) or `timeout` seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False

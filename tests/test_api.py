@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import io
 import re
-import time
 
 import httpx
 import openai
@@ -13,7 +12,7 @@ import pytest
 from PIL import Image
 
 from conftest import API_KEY
-from helpers import shapes_image
+from helpers import shapes_image, wait_for
 
 MODEL = "llava-o1-tiny"
 STAGES = ["SUMMARY", "CAPTION", "REASONING", "CONCLUSION"]
@@ -269,13 +268,6 @@ def running_requests(server) -> int:
     return httpx.get(server["base"] + "/health").json()["running_requests"]
 
 
-def wait_for(predicate, timeout=20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 LONG_SEARCH = {"beam_width": 4, "max_tokens_per_stage": 2000}

@@ -6,13 +6,13 @@ import json
 import re
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from conftest import API_KEY, free_port
+from helpers import wait_for
 from server.gpu_metrics import GPU_METRIC_NAMES
 from test_api import MODEL, question
 
@@ -53,13 +53,6 @@ def query(base: str, expr: str) -> float | None:
     return float(result[0]["value"][1]) if result else None
 
 
-def wait_for(predicate, timeout=30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return False
 
 
 def scraped_value(prom: str, server_metrics: str, expr: str, sample: str) -> float:

@@ -11,7 +11,7 @@ import pytest
 from models.engine import ChatMessage
 from scripted_engine import ScriptedEngine, score
 from stage_search.config import SearchConfig
-from stage_search.events import SearchFinished, StageDecided, StageStarted
+from stage_search.events import StageDecided, StageStarted
 from stage_search.judge import Contender, JudgeContext, PairwiseJudge
 from stage_search.prompts import parse_verdict
 from stage_search.search import run_search, stream_search

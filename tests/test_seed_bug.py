@@ -43,5 +43,6 @@ def test_without_the_workaround_the_same_load_kills_the_engine(tiny_model_dir):
     match = re.search(r"RESULT failed=(\d+) total=(\d+) healthy=(\w+)", done.stdout)
     assert match, done.stdout[-2000:] + done.stderr[-4000:]
     failed, total, healthy = int(match[1]), int(match[2]), match[3]
+    assert total == 16
     assert healthy == "False" and failed > 0, "the load no longer triggers the bug"
     assert "CPU Generator does not use offset" in done.stdout + done.stderr
