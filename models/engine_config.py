@@ -6,7 +6,11 @@ here too. Only the defaults change, and only where the stock ones do not suit th
   * prefix caching on (stage candidates and judge matches share long prefixes);
   * priority scheduling (the search gives later stages priority);
   * on a machine without a GPU, a fixed 1 GiB KV cache instead of vLLM's 92%-of-host-memory
-    reservation, which fails at start-up on small machines.
+    reservation, which fails at start-up on small machines, and KV blocks of 32 tokens instead of
+    128: the prefix cache shares whole blocks only, and a search's prompts (candidates of a stage,
+    judge matches) differ from each other after a shared prefix of a few hundred tokens. Measured
+    with `llava-o1 bench`: 128 -> 32 cut the tokens the engine computes for `ours` by ~30% and its
+    wall time by ~18% (16 is refused by the CPU attention backend).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 CPU_KV_CACHE_BYTES = 1 << 30
+CPU_BLOCK_SIZE = 32
 
 
 def has_gpu() -> bool:
@@ -60,9 +65,11 @@ def engine_args_from(namespace: argparse.Namespace, model: str) -> Any:
 
 
 def apply_cpu_defaults(engine_args: Any) -> None:
-    """Size the KV cache explicitly on CPU unless the user chose (flag or VLLM_CPU_KVCACHE_SPACE)."""
+    """CPU defaults where the user chose nothing: KV cache size (flag or VLLM_CPU_KVCACHE_SPACE), block size."""
     if engine_args.kv_cache_memory_bytes is None and "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
         engine_args.kv_cache_memory_bytes = CPU_KV_CACHE_BYTES
+    if engine_args.block_size is None:
+        engine_args.block_size = CPU_BLOCK_SIZE
 
 
 def engine_args_for(model: str, **overrides: Any) -> Any:
