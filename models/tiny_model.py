@@ -17,6 +17,8 @@ import os
 from pathlib import Path
 
 SEED = 1234
+# Bump when the builder's output changes: cached copies of an older build are rebuilt.
+BUILDER_VERSION = 2
 IMAGE_SIZE = 56
 PATCH_SIZE = 14
 SCALE_FACTOR = 2
@@ -70,8 +72,9 @@ _CORPUS = [
     "the analysis or the math; it describes the image details that matter for the question thoroughly",
     "and accurately, without general commentary; its logic and calculations are correct and follow from",
     "the description of the image; it states the final answer directly, consistent with the reasoning,",
-    "and does not refuse to answer. Which response is better? Answer with 1 or 2. When explaining,",
-    "end with \"I choose response 1\" or \"I choose response 2\". answers reasons correctly from ends in",
+    "and does not refuse to answer. Compare two candidate sections continuing the answer above.",
+    "Say which is better: answer 1 or 2, or explain and end with \"I choose response 1\" or",
+    "\"I choose response 2\". The better response is answers reasons correctly from ends in",
 ]
 
 
@@ -186,8 +189,19 @@ def build_tiny_model(out_dir: str | os.PathLike) -> Path:
     )
     model.save_pretrained(out)
     build_processor(tokenizer).save_pretrained(out)
-    (out / "llava_o1.json").write_text(json.dumps({"builder": "tiny", "seed": SEED}, indent=2) + "\n")
+    (out / "llava_o1.json").write_text(json.dumps(_marker(), indent=2) + "\n")
     return out
+
+
+def _marker() -> dict:
+    return {"builder": "tiny", "version": BUILDER_VERSION, "seed": SEED}
+
+
+def _is_current(path: Path) -> bool:
+    try:
+        return json.loads((path / "llava_o1.json").read_text()) == _marker()
+    except (OSError, ValueError):
+        return False
 
 
 def default_model_dir() -> Path:
@@ -199,7 +213,7 @@ def default_model_dir() -> Path:
 def ensure_default_model() -> Path:
     """Build the embedded model into the cache folder once; later calls reuse it."""
     path = default_model_dir()
-    if not (path / "config.json").exists() or not (path / "llava_o1.json").exists():
+    if not (path / "config.json").exists() or not _is_current(path):
         tmp = path.with_name(path.name + f".tmp{os.getpid()}")
         build_tiny_model(tmp)
         # Rename into place so a half-written folder is never taken for a model.

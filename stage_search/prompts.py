@@ -30,17 +30,19 @@ def stage_instruction(stages: StageSet) -> str:
 def judge_question(stage: Stage | None, first: str, second: str) -> str:
     """The judge's turn, after the conversation and the answer so far: which continuation is better.
 
+    The part that is the same for every match of a stage comes first, so the engine's prefix cache
+    holds it; only the two candidates and a short cue are new tokens per match.
     `stage` None means whole answers are compared (best-of-N).
     """
     if stage is None:
         what, criteria = "answers", "it reasons correctly from the image and ends in a correct, direct answer"
     else:
-        what, criteria = f"{stage.name} sections to continue the answer above", stage.criteria
+        what, criteria = f"{stage.name} sections continuing the answer above", stage.criteria
     return (
-        f"Two candidate {what} were written for this question about the image.\n"
-        f"Response 1:\n{first.strip()}\n\nResponse 2:\n{second.strip()}\n\n"
-        f"A better one is one where {criteria}. Which response is better? "
-        "Answer with 1 or 2. When explaining, end with \"I choose response 1\" or \"I choose response 2\"."
+        f"Compare two candidate {what}. A better one is one where {criteria}. "
+        "Say which is better: answer 1 or 2, or explain and end with \"I choose response 1\" or "
+        "\"I choose response 2\".\n\n"
+        f"Response 1:\n{first.strip()}\n\nResponse 2:\n{second.strip()}\n\nThe better response is"
     )
 
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from models.engine import (Candidate, ChatMessage, ChoiceResult, Engine, EngineStats, Generation, Prompt,
                            SamplingSettings)
 
-_PAIR = re.compile(r"Response 1:\n(.*?)\n\nResponse 2:\n(.*?)\n\nA better one", re.S)
+_PAIR = re.compile(r"Response 1:\n(.*?)\n\nResponse 2:\n(.*?)\n\nThe better response is", re.S)
 
 
 def score(text: str) -> int:
@@ -51,7 +51,7 @@ class ScriptedEngine(Engine):
         self.prompts.append(prompt.text)
         if self.hang:
             await asyncio.Event().wait()
-        if "Which response is better?" in prompt.text:
+        if "The better response is" in prompt.text:
             self.judge_generations += 1
             texts = [self._verdict_text or ""] * settings.n
         else:

@@ -47,3 +47,17 @@ def test_judge_answers_are_single_tokens(tiny_model_dir):
     tokenizer = AutoProcessor.from_pretrained(tiny_model_dir).tokenizer
     for option in ("1", "2", "A", "B", "C", "D"):
         assert len(tokenizer.encode(option, add_special_tokens=False)) == 1
+
+
+def test_the_cached_default_model_is_rebuilt_when_the_builder_changes(tmp_path, monkeypatch):
+    import json
+
+    from models import tiny_model
+
+    monkeypatch.setenv("LLAVA_O1_CACHE", str(tmp_path))
+    path = tiny_model.ensure_default_model()
+    marker = path / "llava_o1.json"
+    stale = {**json.loads(marker.read_text()), "version": -1}
+    marker.write_text(json.dumps(stale))
+    assert tiny_model.ensure_default_model() == path
+    assert json.loads(marker.read_text())["version"] == tiny_model.BUILDER_VERSION
