@@ -42,6 +42,7 @@ class VllmEngine(Engine):
         self._tokenizer = llm.get_tokenizer()
         self._ids = itertools.count()
         self._requests_by_job: dict[str, set[str]] = defaultdict(set)
+        self._option_ids: dict[str, int] = {}  # the judge asks for the same few options every match
         self._closed = False
 
     @classmethod
@@ -75,10 +76,12 @@ class VllmEngine(Engine):
 
     def option_token_id(self, option: str) -> int:
         """The id of an option that must encode to exactly one token."""
-        ids = self._tokenizer.encode(option, add_special_tokens=False)
-        if len(ids) != 1:
-            raise ValueError(f"option {option!r} is {len(ids)} tokens for this model; choices must be one token")
-        return ids[0]
+        if option not in self._option_ids:
+            ids = self._tokenizer.encode(option, add_special_tokens=False)
+            if len(ids) != 1:
+                raise ValueError(f"option {option!r} is {len(ids)} tokens for this model; choices must be one token")
+            self._option_ids[option] = ids[0]
+        return self._option_ids[option]
 
     # -- requests ------------------------------------------------------------------------------
 

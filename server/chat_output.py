@@ -11,11 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from stage_search.events import SearchEvent, StageDecided, StageDelta, StageStarted
-from stage_search.stages import StageSet
+from stage_search.stages import STAGE_SEPARATOR, StageSet
 from stage_search.trace import SearchResult
-
-SEPARATOR = "\n\n"
-
 
 @dataclass(frozen=True)
 class Piece:
@@ -59,7 +56,7 @@ class StageTextWriter:
             self._raw[stage.name], self._shown[stage.name] = "", 0
             if self._field(event.index) == "content" and not self._tagged:
                 return []
-            lead = SEPARATOR if event.index > 0 else ""
+            lead = STAGE_SEPARATOR if event.index > 0 else ""
             return [Piece(self._field(event.index), lead + stage.open_tag, stage.name)]
         if isinstance(event, (StageDelta, StageDecided)):
             stage = self._stages.stages[event.index]

@@ -16,7 +16,6 @@ from models.engine import ChatMessage, Engine, SamplingSettings
 from stage_search.config import SearchConfig
 from stage_search.judge import Contender, JudgeContext, PairwiseJudge
 from stage_search.search_job import SearchJob
-from stage_search.stage_beam import STAGE_SEPARATOR
 
 
 async def reference_search(engine: Engine, messages: list[ChatMessage], config: SearchConfig, *,
@@ -41,7 +40,7 @@ async def reference_search(engine: Engine, messages: list[ChatMessage], config: 
             a, b = rng.sample(pool, 2)
             winner, _ = await judge.compare(context, a, b, 1)
             pool = [c for c in pool if c is not (b if winner is a else a)]
-        accepted += f"{stage.open_tag}{pool[0].text}{stage.close_tag}{STAGE_SEPARATOR}"
+        accepted += stage.tagged(pool[0].text)
         if first_stage is None:
             first_stage = time.perf_counter() - job.started
     return tokens, first_stage

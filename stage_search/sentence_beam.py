@@ -7,7 +7,6 @@ import time
 from models.engine import Candidate
 from stage_search.events import StageDecided, StageStarted
 from stage_search.search_job import SearchJob
-from stage_search.stage_beam import STAGE_SEPARATOR
 from stage_search.trace import SearchResult, StageTrace
 
 SENTENCE_END = "."
@@ -42,7 +41,7 @@ async def sentence_beam_search(job: SearchJob) -> SearchResult:
             sentence_only = branch.candidate.stop_reason == SENTENCE_END and branch.text.endswith(SENTENCE_END)
             if not sentence_only or len(steps) >= config.max_sentences_per_stage or used >= config.max_tokens_per_stage:
                 break
-        accepted += f"{stage.open_tag}{body}{stage.close_tag}{STAGE_SEPARATOR}"
+        accepted += stage.tagged(body)
         traces.append(StageTrace(stage.name, body, steps, time.perf_counter() - started))
         job.emit(StageDecided(stage.name, stage.index, body))
     return job.result(traces)

@@ -8,9 +8,6 @@ from stage_search.events import StageDecided, StageStarted
 from stage_search.search_job import SearchJob
 from stage_search.trace import SearchResult, StageTrace
 
-STAGE_SEPARATOR = "\n\n"
-
-
 async def stage_beam_search(job: SearchJob) -> SearchResult:
     return await search_stages(job, n=job.config.beam_width)
 
@@ -32,7 +29,7 @@ async def search_stages(job: SearchJob, n: int) -> SearchResult:
             branch = await job.branch(prefix, n=n, max_tokens=limit, stop=stop,
                                       clean=lambda candidate: job.stages.clean_content(candidate.text),
                                       accepted=accepted, stage=stage, stage_index=stage.index)
-        accepted += f"{stage.open_tag}{branch.text}{stage.close_tag}{STAGE_SEPARATOR}"
+        accepted += stage.tagged(branch.text)
         traces.append(StageTrace(stage.name, branch.text, [branch.step], time.perf_counter() - started))
         job.emit(StageDecided(stage.name, stage.index, branch.text))
     return job.result(traces)

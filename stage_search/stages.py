@@ -6,6 +6,8 @@ import re
 from dataclasses import dataclass
 
 DEFAULT_STAGE_NAMES = ("SUMMARY", "CAPTION", "REASONING", "CONCLUSION")
+# Between two tagged stages of an answer, as stage-trained models write it.
+STAGE_SEPARATOR = "\n\n"
 
 # What the judge looks for in each stage (our paraphrase of the paper's criteria), by position.
 STAGE_CRITERIA = (
@@ -32,6 +34,10 @@ class Stage:
     @property
     def close_tag(self) -> str:
         return f"</{self.name}>"
+
+    def tagged(self, body: str) -> str:
+        """The stage as it stands in an answer, followed by the separator before the next one."""
+        return f"{self.open_tag}{body}{self.close_tag}{STAGE_SEPARATOR}"
 
     @property
     def key(self) -> str:
@@ -84,7 +90,8 @@ class StageSet:
 
     def render(self, contents: dict[str, str]) -> str:
         """Tagged text of the stages present in `contents` (by stage name), in stage order."""
-        return "\n\n".join(f"{s.open_tag}{contents[s.name]}{s.close_tag}" for s in self.stages if s.name in contents)
+        tagged = "".join(s.tagged(contents[s.name]) for s in self.stages if s.name in contents)
+        return tagged.removesuffix(STAGE_SEPARATOR)
 
     def parse(self, text: str) -> dict[str, str]:
         """Stage name -> body, from text a model wrote whole (best-of-N, single samples).
