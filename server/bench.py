@@ -13,12 +13,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import datetime
-import io
 import json
 import os
-import random
 import statistics
 import sys
 import time
@@ -28,16 +25,9 @@ from pathlib import Path
 
 import httpx
 
+from server.bench_load import Progress, Sample, drive_in_subprocess, run_pool, synthetic_questions
+
 MODES = ("ours", "reference", "raw")
-COLORS = ["red", "green", "blue", "yellow", "purple"]
-SHAPES = ["circle", "square", "triangle"]
-
-
-@dataclass
-class Sample:
-    latency_s: float
-    first_stage_s: float | None
-    candidate_tokens: int
 
 
 @dataclass
@@ -74,87 +64,6 @@ def percentile(values: list[float], p: float) -> float | None:
     rank = (len(values) - 1) * p / 100
     low, high = int(rank), min(int(rank) + 1, len(values) - 1)
     return values[low] + (values[high] - values[low]) * (rank - low)
-
-
-def synthetic_questions(count: int, seed: int = 0) -> list[tuple[str, str]]:
-    """(data URL, question) pairs: shapes on a canvas, and a question about them."""
-    from PIL import Image, ImageDraw
-
-    rng = random.Random(seed)
-    items = []
-    for i in range(count):
-        image = Image.new("RGB", (112, 112), "white")
-        draw = ImageDraw.Draw(image)
-        for _ in range(rng.randint(2, 6)):
-            x, y, r = rng.randint(10, 100), rng.randint(10, 100), rng.randint(5, 12)
-            draw.ellipse((x - r, y - r, x + r, y + r), fill=rng.choice(COLORS))
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
-        url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-        items.append((url, f"How many {rng.choice(COLORS)} {rng.choice(SHAPES)}s are in the image? ({i})"))
-    return items
-
-
-class Progress:
-    def __init__(self, label: str, total: int):
-        self.label, self.total, self.done = label, total, 0
-        self._show()
-
-    def step(self) -> None:
-        self.done += 1
-        self._show()
-
-    def _show(self) -> None:
-        end = "\n" if self.done >= self.total else ""
-        print(f"\r  {self.label}: {self.done}/{self.total} requests", end=end, file=sys.stderr, flush=True)
-
-
-async def run_pool(count: int, concurrency: int, work, progress: Progress) -> tuple[list, int, float]:
-    """Run work(i) for i in range(count) with at most `concurrency` at once."""
-    queue = list(range(count))
-    results, failures = [], 0
-
-    async def worker():
-        nonlocal failures
-        while queue:
-            i = queue.pop(0)
-            try:
-                results.append(await work(i))
-            except Exception as exc:  # a failed request is counted, not fatal to the benchmark
-                failures += 1
-                print(f"\n  request {i} failed: {exc!r}", file=sys.stderr)
-            progress.step()
-
-    started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return results, failures, time.perf_counter() - started
-
-
-async def ours_request(client: httpx.AsyncClient, model: str, url: str, text: str, beam: int, per_stage: int) -> Sample:
-    body = {"model": model, "stream": True, "stream_options": {"include_usage": True},
-            "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
-                                                      {"type": "text", "text": text}]}],
-            "reasoning": {"strategy": "stage", "beam_width": beam, "max_tokens_per_stage": per_stage}}
-    started = time.perf_counter()
-    first, tokens = None, 0
-    async with client.stream("POST", "/v1/chat/completions", json=body) as response:
-        if response.status_code != 200:
-            raise RuntimeError(f"HTTP {response.status_code}: {(await response.aread())[:200]!r}")
-        async for line in response.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            chunk = json.loads(line[6:])
-            if "error" in chunk:
-                raise RuntimeError(chunk["error"]["message"])
-            if chunk.get("usage"):
-                tokens = chunk["usage"]["completion_tokens"]
-            for choice in chunk.get("choices", []):
-                delta = choice["delta"]
-                text = delta.get("reasoning_content") or delta.get("content") or ""
-                # The opening tag is sent when a stage starts; stage text only once it is decided.
-                if first is None and delta.get("stage") and text.strip() and not text.strip().startswith("<"):
-                    first = time.perf_counter() - started
-    return Sample(time.perf_counter() - started, first, tokens)
 
 
 async def bench(args: argparse.Namespace) -> dict:
@@ -196,21 +105,22 @@ async def bench(args: argparse.Namespace) -> dict:
         base_url = args.url.rstrip("/").removesuffix("/v1")
         model = httpx.get(base_url + "/v1/models", headers=_auth(args)).json()["data"][0]["id"]
 
+    async def drive(concurrency: int, requests: int, warmup: int) -> dict:
+        return await drive_in_subprocess(
+            base_url=base_url, model=model, api_key=args.api_key, concurrency=concurrency, requests=requests,
+            warmup=warmup, beam_width=args.beam_width, max_tokens_per_stage=args.max_tokens_per_stage,
+            data_seed=args.data_seed)
+
     try:
-        async with httpx.AsyncClient(base_url=base_url, timeout=600, headers=_auth(args)) as client:
-            # Warm-up: the first requests pay one-off costs (compilation, caches).
-            warm, _, _ = await run_pool(4, 4, lambda i: ours_request(client, model, *questions[-1 - i],
-                                                                         args.beam_width, args.max_tokens_per_stage),
-                                        Progress("warm-up", 4))
-            ours_levels = []
-            if "ours" in modes:
-                for c in levels_wanted:
-                    samples, failures, wall = await run_pool(
-                        args.requests, c,
-                        lambda i: ours_request(client, model, *questions[i], args.beam_width, args.max_tokens_per_stage),
-                        Progress(f"ours c={c}", args.requests))
-                    ours_levels.append(Level("ours", c, wall, samples, failures))
-                results["modes"]["ours"] = _mode_result(ours_levels)
+        # Warm-up through the server, whatever the modes: the first requests pay one-off costs.
+        await drive(1, 0, warmup=4)
+        ours_levels = []
+        if "ours" in modes:
+            for c in levels_wanted:
+                level = await drive(c, args.requests, warmup=0)
+                samples = [Sample(**sample) for sample in level["samples"]]
+                ours_levels.append(Level("ours", c, level["wall_s"], samples, level["failures"]))
+            results["modes"]["ours"] = _mode_result(ours_levels)
         tokens_per_request = (statistics.mean(s.candidate_tokens for lvl in ours_levels for s in lvl.samples)
                               if ours_levels else 4 * args.beam_width * args.max_tokens_per_stage)
 

@@ -46,6 +46,14 @@ def judge_question(stage: Stage | None, first: str, second: str) -> str:
     )
 
 
+def error_check_question(stage: Stage, candidate: str) -> str:
+    """The published procedure's extra question in the reasoning stage, once per candidate."""
+    return (
+        f"Check this {stage.name} section, continuing the answer above, for mistakes in its logic or "
+        f"calculations. Say whether it has an error and where.\n\n{candidate.strip()}"
+    )
+
+
 _VERDICT = re.compile(r"choose\s+(?:response\s*)?#?\s*([12])\b", re.IGNORECASE)
 _FALLBACK = re.compile(r"\bresponse\s*#?\s*([12])\b.{0,40}\b(?:is\s+)?better\b|\b([12])\b\s*$", re.IGNORECASE)
 

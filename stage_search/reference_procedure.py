@@ -2,9 +2,12 @@
 
 Per stage: N candidates generated one after another (separate engine calls, prefix cache not
 read, so nothing is shared between them), then a pool reduced by N-1 free-text judge matches
-one after another, two picked at random each time. Callers run one question at a time.
+one after another, two picked at random each time. In the reasoning stage the model is also asked,
+once per candidate, whether that reasoning has an error (free text, shown to the judge with it).
+Callers run one question at a time.
 What it leaves out (so the comparison errs in the reference's favour): the published code also
-decodes the whole sequence at every token to check for stop strings.
+decodes the whole sequence at every token to check for stop strings, and it asks the reasoning
+error question inside every comparison, where this asks it once per candidate.
 """
 
 from __future__ import annotations
@@ -15,7 +18,10 @@ import time
 from models.engine import ChatMessage, Engine, SamplingSettings
 from stage_search.config import SearchConfig
 from stage_search.judge import Contender, JudgeContext, PairwiseJudge
+from stage_search.prompts import error_check_question
 from stage_search.search_job import SearchJob
+
+ERROR_CHECKED_STAGE = "REASONING"
 
 
 async def reference_search(engine: Engine, messages: list[ChatMessage], config: SearchConfig, *,
@@ -30,17 +36,29 @@ async def reference_search(engine: Engine, messages: list[ChatMessage], config: 
         prompt = engine.render(job.messages, accepted + stage.open_tag)
         settings = SamplingSettings(n=1, max_tokens=job.token_limit(stage.index), temperature=config.temperature,
                                     top_p=config.top_p, stop=(stage.close_tag,), use_prefix_cache=False)
-        pool = []
-        for index in range(config.beam_width):
+        texts = []
+        for _ in range(config.beam_width):
             candidate = (await engine.generate(prompt, settings, job_id=job_id)).candidates[0]
             tokens += candidate.num_tokens
-            pool.append(Contender(index, job.stages.clean_content(candidate.text)))
+            texts.append(job.stages.clean_content(candidate.text))
+        pool = [Contender(index, text) for index, text in enumerate(texts)]
         context = JudgeContext(tuple(job.messages), accepted, stage)
+        if stage.name == ERROR_CHECKED_STAGE:
+            pool = [await _with_error_check(engine, context, c, config, job_id) for c in pool]
         while len(pool) > 1:
             a, b = rng.sample(pool, 2)
             winner, _ = await judge.compare(context, a, b, 1)
             pool = [c for c in pool if c is not (b if winner is a else a)]
-        accepted += stage.tagged(pool[0].text)
+        accepted += stage.tagged(texts[pool[0].index])
         if first_stage is None:
             first_stage = time.perf_counter() - job.started
     return tokens, first_stage
+
+
+async def _with_error_check(engine: Engine, context: JudgeContext, contender: Contender, config: SearchConfig,
+                            job_id: str) -> Contender:
+    """The contender as the judge will see it: its text followed by the model's error check of it."""
+    prompt = engine.render(context.messages(error_check_question(context.stage, contender.text)))
+    settings = SamplingSettings(n=1, max_tokens=config.judge_max_tokens, temperature=0.0, use_prefix_cache=False)
+    check = (await engine.generate(prompt, settings, job_id=job_id)).candidates[0]
+    return Contender(contender.index, f"{contender.text}\n(Error check: {check.text.strip()})")

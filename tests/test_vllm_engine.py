@@ -154,3 +154,14 @@ async def test_engine_is_healthy_and_reports_load(engine):
     assert stats.running_requests >= 0 and stats.waiting_requests >= 0
     assert 0.0 <= stats.kv_cache_usage <= 1.0
     assert 0.0 <= stats.prefix_cache_hit_ratio <= 1.0
+
+
+def test_image_digest_follows_the_pixels_not_the_object():
+    from PIL import Image
+
+    from models.vllm_engine import _image_digest
+
+    red, also_red, blue = Image.new("RGB", (8, 8), "red"), Image.new("RGB", (8, 8), "red"), Image.new("RGB", (8, 8), "blue")
+    assert _image_digest(red) == _image_digest(also_red) != _image_digest(blue)
+    assert _image_digest(red) != _image_digest(red.convert("L"))
+    assert _image_digest(red) == _image_digest(red)  # cached, same answer
