@@ -45,7 +45,10 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     """Add vLLM's engine flags to `parser`, with this server's defaults."""
     from vllm.engine.arg_utils import AsyncEngineArgs
 
+    from models.engine_factory import add_engine_choice
+
     AsyncEngineArgs.add_cli_args(parser)
+    add_engine_choice(parser)
     parser.set_defaults(model=None, enable_prefix_caching=True, scheduling_policy="priority")
     return parser
 

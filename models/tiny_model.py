@@ -78,7 +78,8 @@ _CORPUS = [
 ]
 
 
-def build_tokenizer():
+def build_tokenizer(special_tokens: list[str] | None = None, chat_template: str = CHAT_TEMPLATE, *,
+                    bos: str = BOS, eos: str = EOS, pad: str = PAD, image: str = IMAGE):
     """Train a byte-level BPE tokenizer on the built-in corpus and wrap it for transformers."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -88,18 +89,18 @@ def build_tokenizer():
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=VOCAB_SIZE,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=special_tokens or SPECIAL_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tokenizer.train_from_iterator(_CORPUS * 4, trainer=trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
-        bos_token=BOS,
-        eos_token=EOS,
-        pad_token=PAD,
-        extra_special_tokens={"image_token": IMAGE},
-        chat_template=CHAT_TEMPLATE,
+        bos_token=bos,
+        eos_token=eos,
+        pad_token=pad,
+        extra_special_tokens={"image_token": image},
+        chat_template=chat_template,
         model_max_length=MAX_POSITIONS,
     )
 

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import hashlib
 import itertools
 import logging
 import math
-import weakref
 from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -27,6 +25,7 @@ from models.engine import (
     SamplingSettings,
     StreamDelta,
 )
+from models.image_digest import image_digest
 from models.vllm_stats import VllmStatsCollector
 
 log = logging.getLogger(__name__)
@@ -76,7 +75,7 @@ class VllmEngine(Engine):
             engine_input["multi_modal_data"] = {"image": list(prompt.images)}
             # A search sends the same image with every candidate and judge request (28 per search at
             # beam width 4); naming it by its digest spares vLLM from hashing its pixels each time.
-            engine_input["multi_modal_uuids"] = {"image": [_image_digest(image) for image in prompt.images]}
+            engine_input["multi_modal_uuids"] = {"image": [image_digest(image) for image in prompt.images]}
         return engine_input
 
     def option_token_id(self, option: str) -> int:
@@ -263,19 +262,3 @@ def _softmax(logprobs: list[float]) -> list[float]:
     weights = [math.exp(lp - top) for lp in logprobs]
     total = sum(weights)
     return [w / total for w in weights]
-
-
-# id(image) -> digest, for as long as the image object lives (PIL images are unhashable, and a digest
-# kept in `image.info` would be copied onto converted images with other pixels).
-_digests: dict[int, str] = {}
-
-
-def _image_digest(image: Any) -> str:
-    """A content digest of a PIL image (mode, size, pixels), computed once per image object."""
-    digest = _digests.get(id(image))
-    if digest is None:
-        hasher = hashlib.sha256(f"{image.mode}:{image.size}:".encode())
-        hasher.update(image.tobytes())
-        digest = _digests[id(image)] = hasher.hexdigest()
-        weakref.finalize(image, _digests.pop, id(image), None)
-    return digest

@@ -25,14 +25,19 @@ commands:
 def tiny_model_command(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="llava-o1 tiny-model",
-        description="Build the tiny random-weight vision-language model (deterministic) into OUT_DIR.",
+        description="Build a tiny random-weight vision-language model (deterministic) into OUT_DIR.",
     )
     parser.add_argument("out_dir", metavar="OUT_DIR", help="folder to write the model to")
+    parser.add_argument("--arch", choices=("idefics3", "mllama"), default="idefics3",
+                        help="idefics3 (the embedded model; runs on vLLM) or mllama (Llama-3.2-Vision's "
+                             "architecture; runs on the hf engine)")
     args = parser.parse_args(argv)
-    from models.tiny_model import build_tiny_model
-
-    path = build_tiny_model(args.out_dir)
-    print(f"tiny model written to {path}")
+    if args.arch == "mllama":
+        from models.tiny_mllama import build_tiny_mllama as build
+    else:
+        from models.tiny_model import build_tiny_model as build
+    path = build(args.out_dir)
+    print(f"tiny {args.arch} model written to {path}")
     return 0
 
 

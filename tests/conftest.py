@@ -35,6 +35,29 @@ async def engine(tiny_model_dir):
 
 
 @pytest.fixture(scope="session")
+def tiny_mllama_dir(tmp_path_factory) -> Path:
+    from models.tiny_mllama import build_tiny_mllama
+
+    return build_tiny_mllama(tmp_path_factory.mktemp("models") / "tiny-mllama")
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def hf_engine(tiny_mllama_dir):
+    """The transformers engine on the tiny Mllama (the paper's architecture, which vLLM lacks)."""
+    from models.hf_engine import HfEngine
+
+    hf = HfEngine.from_pretrained(str(tiny_mllama_dir), model_name="tiny-mllama")
+    yield hf
+    await hf.shutdown()
+
+
+@pytest.fixture(params=["vllm", "hf"], scope="session")
+def any_engine(request):
+    """Each engine in turn: the contract and the search must hold on both."""
+    return request.getfixturevalue("engine" if request.param == "vllm" else "hf_engine")
+
+
+@pytest.fixture(scope="session")
 def cli_env(tmp_path_factory) -> dict[str, str]:
     """Environment for CLI subprocesses: a private model cache, the venv's scripts first on PATH."""
     env = dict(os.environ)
@@ -95,6 +118,24 @@ API_KEY = "sk-test-key"
 @pytest.fixture(scope="session")
 def server(cli_env, image_host, tmp_path_factory):
     """`llava-o1 serve` as a real subprocess on loopback with the embedded model (built on first use)."""
+    args = ["--api-key", API_KEY, "--max-tokens-per-stage", "16",
+            "--max-beam-width", "6", "--max-images", "2", "--max-image-pixels", "1000000",
+            "--max-body-bytes", "2000000", "--allow-remote-images", "--allow-private-image-hosts", image_host,
+            "--remote-image-max-bytes", "100000", "--remote-image-timeout", "1.5", "--max-model-len", "4096"]
+    yield from serve_subprocess(args, cli_env, tmp_path_factory.mktemp("server") / "serve.log")
+
+
+@pytest.fixture(scope="session")
+def hf_server(cli_env, tiny_mllama_dir, tmp_path_factory):
+    """`llava-o1 serve --engine hf` on the tiny Mllama, as a real subprocess on loopback."""
+    args = ["--model", str(tiny_mllama_dir), "--served-model-name", "tiny-mllama", "--engine", "hf",
+            "--api-key", API_KEY, "--max-tokens-per-stage", "12"]
+    yield from serve_subprocess(args, cli_env, tmp_path_factory.mktemp("hf-server") / "serve.log")
+
+
+def serve_subprocess(args: list[str], env: dict[str, str], log_path: Path):
+    """Start `llava-o1 serve ARGS` on a free port, wait until healthy, yield its details, stop it
+    with SIGINT and check it exits cleanly."""
     import signal
     import subprocess
     import time
@@ -102,13 +143,9 @@ def server(cli_env, image_host, tmp_path_factory):
     import httpx
 
     port = free_port()
-    log_path = tmp_path_factory.mktemp("server") / "serve.log"
-    args = ["llava-o1", "serve", "--port", str(port), "--api-key", API_KEY, "--max-tokens-per-stage", "16",
-            "--max-beam-width", "6", "--max-images", "2", "--max-image-pixels", "1000000",
-            "--max-body-bytes", "2000000", "--allow-remote-images", "--allow-private-image-hosts", image_host,
-            "--remote-image-max-bytes", "100000", "--remote-image-timeout", "1.5", "--max-model-len", "4096"]
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(args, env=cli_env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(["llava-o1", "serve", "--port", str(port), *args], env=env, stdout=log,
+                                stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:

