@@ -88,7 +88,8 @@ class HfEngine(Engine):
         self._renderer = renderer
         self.model_name = model_name
         self.max_model_len = max_model_len
-        self._device = next(model.parameters()).device
+        first = next(model.parameters())
+        self._device, self._dtype = first.device, first.dtype
         self._eos_ids = _eos_ids(model)
         text_config = model.config.get_text_config()
         self._cross_attention_layers = set(getattr(text_config, "cross_attention_layers", None) or [])
@@ -302,7 +303,9 @@ class HfEngine(Engine):
         inputs = self._processor(images=list(prompt.images) or None, text=prompt.text, return_tensors="pt",
                                  add_special_tokens=False) if prompt.images else \
             self._tokenizer(prompt.text, return_tensors="pt", add_special_tokens=False)
-        inputs = {k: v.to(self._device) for k, v in inputs.items()}
+        # Pixels come out of the processor in float32; the model may run in bfloat16.
+        inputs = {k: v.to(self._device, dtype=self._dtype) if v.is_floating_point() else v.to(self._device)
+                  for k, v in inputs.items()}
         ids = inputs["input_ids"][0].tolist()
         if len(ids) >= self.max_model_len:
             raise PromptTooLongError(f"the prompt is {len(ids)} tokens; this model takes at most "
