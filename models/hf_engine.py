@@ -2,15 +2,16 @@
 architecture, is gone from vLLM 0.32), with the same search and server on top.
 
 How it spends its forward passes:
-- the N candidates of a call are one batch: the prompt is encoded once (batch of 1) and its KV cache
-  repeated for the N rows;
+- one engine loop (a worker thread) takes every call; the `generate` calls in flight, from any
+  number of requests, are decoded together, one forward pass per token for all of them
+  (models/hf_batch.py);
+- the N candidates of a call share one prompt encoding: the prompt is encoded once and its KV
+  cache repeated for the N rows;
 - finished KV caches are kept (a small LRU keyed by image digests and token ids), so a prompt that
   starts like an earlier sequence (the next stage continues the winner; a judge match continues the
   conversation) only encodes what is new;
-- stop strings are checked on each row's newly decoded text only (incremental detokenisation);
+- stop strings are checked on each row's newly decoded text only (models/hf_sequences.py);
 - a judge choice is one forward pass reading the options' probabilities.
-All model work runs in one worker thread, one call at a time, ordered by priority; calls from
-concurrent requests take turns rather than sharing forward passes (see docs/engine.md).
 """
 
 from __future__ import annotations
@@ -19,17 +20,15 @@ import asyncio
 import copy
 import itertools
 import logging
-import random
+import queue
 import threading
 from collections import OrderedDict, defaultdict
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from models.chat_template import ChatTemplateRenderer
 from models.engine import (
-    Candidate,
     ChatMessage,
     ChoiceResult,
     Engine,
@@ -40,6 +39,8 @@ from models.engine import (
     PromptTooLongError,
     SamplingSettings,
 )
+from models.hf_batch import Batch, signature
+from models.hf_sequences import Group
 from models.image_digest import image_digest
 
 log = logging.getLogger(__name__)
@@ -54,27 +55,13 @@ class _CacheEntry:
     cache: Any
 
 
-class _IncrementalText:
-    """Decodes one row's tokens as they come, looking only at a short window of recent tokens."""
-
-    def __init__(self, tokenizer: Any):
-        self._tokenizer = tokenizer
-        self.ids: list[int] = []
-        self.text = ""
-        self._prefix = 0  # window start
-        self._read = 0  # tokens already turned into text
-
-    def add(self, token_id: int) -> str:
-        self.ids.append(token_id)
-        decode = lambda ids: self._tokenizer.decode(ids, skip_special_tokens=True)
-        before = decode(self.ids[self._prefix:self._read])
-        after = decode(self.ids[self._prefix:])
-        if after.endswith("\ufffd"):  # an unfinished multi-byte character: wait for the rest
-            return ""
-        delta = after[len(before):]
-        self._prefix, self._read = self._read, len(self.ids)
-        self.text += delta
-        return delta
+@dataclass(order=True)
+class _Call:
+    priority: int
+    order: int
+    job_id: str = field(compare=False)
+    start: Any = field(compare=False)  # runs in the engine loop: returns a result, or a Group to decode
+    deliver: Any = field(compare=False)  # deliver(result, error), from the engine loop
 
 
 class HfEngine(Engine):
@@ -95,20 +82,21 @@ class HfEngine(Engine):
         self._cross_attention_layers = set(getattr(text_config, "cross_attention_layers", None) or [])
         image_token = getattr(processor, "image_token", None)
         self._image_token_ids = {self._tokenizer.convert_tokens_to_ids(image_token)} if image_token else set()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hf-engine")
-        self._queue: asyncio.PriorityQueue | None = None
-        self._dispatcher: asyncio.Task | None = None
+        self._inbox: queue.Queue[_Call | None] = queue.Queue()
         self._order = itertools.count()
+        self._lock = threading.Lock()
         self._in_flight: dict[str, int] = defaultdict(int)  # job -> its calls queued or running
         self._cancelled: set[str] = set()  # jobs whose calls stop at the next token
         self._cache: OrderedDict[int, _CacheEntry] = OrderedDict()
         self._cache_ids = itertools.count()
-        self._lock = threading.Lock()
         self._running = 0
         self._waiting = 0
+        self.decode_steps = 0  # forward passes of the shared batch (each feeds one token to every row)
         self._queries = 0
         self._hits = 0
         self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="hf-engine", daemon=True)
+        self._thread.start()
 
     @classmethod
     def from_pretrained(cls, path: str, *, model_name: str | None = None, dtype: str = "auto",
@@ -141,7 +129,7 @@ class HfEngine(Engine):
 
     async def generate(self, prompt: Prompt, settings: SamplingSettings, *, job_id: str,
                        priority: int = 0) -> Generation:
-        return await self._submit(job_id, priority, lambda: self._generate(prompt, settings, job_id))
+        return await self._submit(job_id, priority, lambda: self._start_group(prompt, settings, job_id))
 
     async def choose(self, prompt: Prompt, options: Sequence[str], *, job_id: str,
                      priority: int = 0) -> ChoiceResult:
@@ -151,11 +139,12 @@ class HfEngine(Engine):
         return await self._submit(job_id, priority, lambda: self._choose(prompt, list(options), token_ids))
 
     async def abort(self, job_id: str) -> None:
-        if self._in_flight.get(job_id):
-            self._cancelled.add(job_id)
+        with self._lock:
+            if self._in_flight.get(job_id):
+                self._cancelled.add(job_id)
 
     async def is_healthy(self) -> bool:
-        return not self._closed
+        return not self._closed and self._thread.is_alive()
 
     def stats(self) -> EngineStats:
         return EngineStats(running_requests=self._running, waiting_requests=self._waiting,
@@ -163,139 +152,169 @@ class HfEngine(Engine):
                            prefix_cache_queries=self._queries, prefix_cache_hits=self._hits)
 
     def num_unfinished_requests(self) -> int:
-        return self._running + self._waiting
+        with self._lock:
+            return sum(self._in_flight.values())
 
     async def shutdown(self) -> None:
         if self._closed:
             return
         self._closed = True
-        if self._dispatcher is not None:
-            self._dispatcher.cancel()
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        self._inbox.put(None)
+        await asyncio.to_thread(self._thread.join)
         self._cache.clear()
 
-    # -- the engine loop -------------------------------------------------------------------------
-
-    async def _submit(self, job_id: str, priority: int, work: Callable[[], Any]) -> Any:
-        """Queue `work` for the worker thread; lower priority values run first, then arrival order."""
-        if self._closed:
+    async def _submit(self, job_id: str, priority: int, start: Any) -> Any:
+        if self._closed or not self._thread.is_alive():
             raise EngineError("the engine is not running")
-        if self._queue is None:
-            self._queue = asyncio.PriorityQueue()
-            self._dispatcher = asyncio.create_task(self._dispatch())
-        done = asyncio.get_running_loop().create_future()
-        self._in_flight[job_id] += 1
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+
+        def deliver(result: Any, error: BaseException | None) -> None:
+            loop.call_soon_threadsafe(_settle, future, result, error)
+
+        with self._lock:
+            self._in_flight[job_id] += 1
         self._waiting += 1
-        await self._queue.put((priority, next(self._order), job_id, work, done))
+        self._inbox.put(_Call(priority, next(self._order), job_id, start, deliver))
         try:
-            return await done
+            return await future
         except asyncio.CancelledError:
-            self._cancelled.add(job_id)  # the caller went away: stop its work at the next token
+            with self._lock:  # the caller went away: its work stops at the next token
+                if self._in_flight.get(job_id):
+                    self._cancelled.add(job_id)
             raise
 
-    async def _dispatch(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            _, _, job_id, work, done = await self._queue.get()
-            self._waiting -= 1
-            try:
-                if done.done() or job_id in self._cancelled:
-                    if not done.done():
-                        done.set_exception(asyncio.CancelledError())
-                    continue
-                self._running += 1
-                try:
-                    result = await loop.run_in_executor(self._executor, work)
-                except BaseException as exc:  # delivered to the caller, never fatal to the loop
-                    if not done.done():
-                        done.set_exception(exc)
-                else:
-                    if not done.done():
-                        done.set_result(result)
-                finally:
-                    self._running -= 1
-            finally:
-                self._finished(job_id)
+    # -- the engine loop (its own thread) ---------------------------------------------------------
 
-    def _finished(self, job_id: str) -> None:
-        """One call of the job is done; with none left, forget that the job was aborted."""
-        self._in_flight[job_id] -= 1
-        if not self._in_flight[job_id]:
-            del self._in_flight[job_id]
-            self._cancelled.discard(job_id)
-
-    # -- model work (worker thread) --------------------------------------------------------------
-
-    def _generate(self, prompt: Prompt, settings: SamplingSettings, job_id: str) -> Generation:
+    def _loop(self) -> None:
         import torch
 
+        waiting: list[Group] = []  # prefilled, not yet in the batch
+        batch: Batch | None = None
         with torch.inference_mode():
-            ids, logits, cache, extra, cached = self._prefill(prompt, settings.use_prefix_cache)
-            n = settings.n
-            if n > 1:
-                cache.batch_repeat_interleave(n)
-                logits = logits.repeat(n, 1)
-            generator = torch.Generator(device=logits.device)
-            generator.manual_seed(settings.seed if settings.seed is not None else random.getrandbits(63))
-            rows = [_IncrementalText(self._tokenizer) for _ in range(n)]
-            finish: list[str | None] = [None] * n
-            stop_reason: list[str | None] = [None] * n
-            logprob = [0.0] * n
-            fed = [list(ids) for _ in range(n)]
-            length = len(ids)
-            longest_stop = max((len(s) for s in settings.stop), default=0)
-            aborted = False
-            for step in range(settings.max_tokens):
-                if job_id in self._cancelled or self._closed:
-                    aborted = True
+            while True:
+                calls = self._take_calls(block=batch is None and not waiting)
+                if calls is None:
                     break
-                tokens, token_logprobs = _sample(logits, settings, generator)
-                for r in range(n):
-                    if finish[r] is not None:
+                for call in sorted(calls):
+                    self._waiting -= 1
+                    group = self._start(call)
+                    if group is not None:
+                        waiting.append(group)
+                for group in waiting:
+                    self._check_abort(group)
+                for group in [g for g in waiting if g.done]:
+                    waiting.remove(group)
+                    self._finish(group)
+                try:
+                    batch, waiting = self._regroup(batch, waiting)
+                    self._running = len(batch.groups) if batch else 0
+                    if batch is None:
                         continue
-                    token = int(tokens[r])
-                    logprob[r] += float(token_logprobs[r])
-                    if token in self._eos_ids and not settings.ignore_eos:
-                        finish[r] = "stop"
-                        rows[r].ids.append(token)
-                        continue
-                    delta = rows[r].add(token)
-                    if delta and settings.stop:
-                        window = rows[r].text[-(len(delta) + longest_stop):]
-                        hit = _first_stop(window, settings.stop)
-                        if hit is not None:
-                            cut = len(rows[r].text) - len(window) + window.index(hit)
-                            rows[r].text = rows[r].text[:cut]
-                            finish[r], stop_reason[r] = "stop", hit
-                            continue
-                    if len(rows[r].ids) >= settings.max_tokens:
-                        finish[r] = "length"
-                if all(f is not None for f in finish) or step == settings.max_tokens - 1:
-                    break
-                # Rows already finished are fed a pad token; their outputs are ignored.
-                feed = [int(tokens[r]) if finish[r] is None else self._pad_id() for r in range(n)]
-                for r in range(n):
-                    if finish[r] is None:
-                        fed[r].append(feed[r])
-                logits = self._forward_step(torch.tensor(feed, device=self._device)[:, None], cache, length, extra, n)
-                length += 1
-            self._remember(prompt, fed, cache)
-            candidates = tuple(
-                Candidate(text=row.text, num_tokens=len(row.ids), cumulative_logprob=logprob[r],
-                          finish_reason="abort" if aborted and finish[r] is None else (finish[r] or "length"),
-                          stop_reason=stop_reason[r])
-                for r, row in enumerate(rows))
-            return Generation(candidates, len(ids), cached)
+                    self.decode_steps += 1
+                    for group, logits in zip(batch.groups, batch.step(self._model)):
+                        group.accept(logits)
+                        self._check_abort(group)
+                except Exception as exc:  # a failed step fails the groups in it, not the engine
+                    log.exception("hf engine: a decoding step failed")
+                    for group in (batch.groups if batch else []) + waiting:
+                        self._deliver(group, None, exc)
+                    batch, waiting = None, []
+        for group in waiting + (batch.groups if batch else []):
+            self._deliver(group, None, EngineError("the engine was shut down"))
+
+    def _take_calls(self, block: bool) -> list[_Call] | None:
+        """New calls; waits for one when there is nothing else to do. None once shut down."""
+        calls = []
+        try:
+            call = self._inbox.get(timeout=0.5) if block else self._inbox.get_nowait()
+            while True:
+                if call is None:
+                    return None
+                calls.append(call)
+                call = self._inbox.get_nowait()
+        except queue.Empty:
+            return calls
+
+    def _start(self, call: _Call) -> Group | None:
+        """Run a call's first part: a choice completes here; a generation returns its group."""
+        if call.job_id in self._cancelled or self._closed:
+            self._settle_call(call, None, asyncio.CancelledError())
+            return None
+        try:
+            outcome = call.start()
+        except Exception as exc:
+            self._settle_call(call, None, exc)
+            return None
+        if isinstance(outcome, Group):
+            outcome.call = call
+            return outcome
+        self._settle_call(call, outcome, None)
+        return None
+
+    def _regroup(self, batch: Batch | None, waiting: list[Group]) -> tuple[Batch | None, list[Group]]:
+        """Rebuild the batch when a group in it is done or a waiting group can join."""
+        finished = [g for g in batch.groups if g.done] if batch else []
+        members = [g for g in batch.groups if not g.done] if batch else []
+        key = members[0].signature if members else (waiting[0].signature if waiting else None)
+        joining = [g for g in waiting if g.signature == key]
+        if batch is not None and not finished and not joining:
+            return batch, waiting
+        if batch is not None:
+            batch.split(self._new_cache)
+        for group in finished:
+            self._finish(group)
+        members += joining
+        waiting = [g for g in waiting if g not in joining]
+        return (Batch(members, self._new_cache, self._cross_attention_layers, self._device) if members else None), waiting
+
+    def _check_abort(self, group: Group) -> None:
+        if group.job_id in self._cancelled or self._closed:
+            group.aborted = True
+
+    def _finish(self, group: Group) -> None:
+        if group.cache is not None:
+            self._remember(group.prompt, group.fed, group.cache)
+        self._deliver(group, group.result(), None)
+
+    def _deliver(self, group: Group, result: Any, error: BaseException | None) -> None:
+        self._settle_call(group.call, result, error)
+
+    def _settle_call(self, call: _Call, result: Any, error: BaseException | None) -> None:
+        call.deliver(result, error)
+        with self._lock:
+            self._in_flight[call.job_id] -= 1
+            if not self._in_flight[call.job_id]:
+                del self._in_flight[call.job_id]
+                self._cancelled.discard(call.job_id)
+
+    def _new_cache(self) -> Any:
+        from transformers import DynamicCache
+
+        return DynamicCache(config=self._model.config)
+
+    # -- model work (engine loop) ----------------------------------------------------------------
+
+    def _start_group(self, prompt: Prompt, settings: SamplingSettings, job_id: str) -> Group:
+        """Encode the prompt once, repeat its cache for the n rows and sample their first tokens."""
+        ids, logits, cache, extra, cached = self._prefill(prompt, settings.use_prefix_cache)
+        if settings.n > 1:
+            cache.batch_repeat_interleave(settings.n)
+        group = Group(job_id=job_id, settings=settings, prompt=prompt, prompt_ids=ids, cached_tokens=cached,
+                      cache=cache, cross_mask=extra.get("cross_attention_mask"), tokenizer=self._tokenizer,
+                      eos_ids=self._eos_ids, pad_id=self._pad_id())
+        group.signature = signature(group, self._cross_attention_layers)
+        group.accept(logits.expand(settings.n, -1))
+        return group
 
     def _choose(self, prompt: Prompt, options: list[str], token_ids: list[int]) -> ChoiceResult:
         import torch
 
-        with torch.inference_mode():
-            ids, logits, cache, _, cached = self._prefill(prompt, True)
-            self._remember(prompt, [ids], cache)
-            logprobs = torch.log_softmax(logits[0].float(), dim=-1)[token_ids]
-            probabilities = torch.softmax(logprobs, dim=-1).tolist()
-            return ChoiceResult(dict(zip(options, probabilities)), len(ids), cached)
+        ids, logits, cache, _, cached = self._prefill(prompt, True)
+        self._remember(prompt, [ids], cache)
+        logprobs = torch.log_softmax(logits[0].float(), dim=-1)[token_ids]
+        probabilities = torch.softmax(logprobs, dim=-1).tolist()
+        return ChoiceResult(dict(zip(options, probabilities)), len(ids), cached)
 
     def _prefill(self, prompt: Prompt, use_cache: bool):
         """Encode the prompt, reusing the longest kept cache it starts with. Returns (token ids,
@@ -329,24 +348,13 @@ class HfEngine(Engine):
         out = self._model(**inputs, past_key_values=DynamicCache(config=self._model.config), use_cache=True)
         return ids, out.logits[:, -1, :], out.past_key_values, extra, 0
 
-    def _forward_step(self, tokens: Any, cache: Any, length: int, extra: dict, n: int) -> Any:
-        kwargs: dict[str, Any] = {}
-        if "cross_attention_mask" in extra:
-            last = extra["cross_attention_mask"][:, -1:]  # new tokens see the image as the last prompt token did
-            kwargs["cross_attention_mask"] = last.expand(n, *last.shape[1:])
-        out = self._model(input_ids=tokens, past_key_values=cache, use_cache=True,
-                          attention_mask=_ones(n, length + 1, self._device),
-                          cache_position=_arange(length, length + 1, self._device), **kwargs)
-        return out.logits[:, -1, :]
-
     # -- kept caches -----------------------------------------------------------------------------
 
     def _remember(self, prompt: Prompt, rows: list[list[int]], cache: Any) -> None:
-        with self._lock:
-            images = tuple(image_digest(image) for image in prompt.images)
-            self._cache[next(self._cache_ids)] = _CacheEntry(images, rows, cache)
-            while len(self._cache) > CACHE_ENTRIES:
-                self._cache.popitem(last=False)
+        images = tuple(image_digest(image) for image in prompt.images)
+        self._cache[next(self._cache_ids)] = _CacheEntry(images, rows, cache)
+        while len(self._cache) > CACHE_ENTRIES:
+            self._cache.popitem(last=False)
 
     def _lookup(self, images: tuple[str, ...], ids: list[int]) -> tuple[Any, int] | None:
         """A private copy of the kept cache row sharing the longest prefix with `ids` (at least one
@@ -385,30 +393,6 @@ class HfEngine(Engine):
         return pad if pad is not None else next(iter(self._eos_ids))
 
 
-def _sample(logits: Any, settings: SamplingSettings, generator: Any) -> tuple[Any, Any]:
-    """One token per row: greedy at temperature 0, else temperature and top-p sampling."""
-    import torch
-
-    logits = logits.float()
-    logprobs = torch.log_softmax(logits, dim=-1)
-    if settings.temperature <= 0.0:
-        tokens = logits.argmax(dim=-1)
-    else:
-        probs = torch.softmax(logits / settings.temperature, dim=-1)
-        if settings.top_p < 1.0:
-            sorted_probs, order = probs.sort(dim=-1, descending=True)
-            keep = sorted_probs.cumsum(dim=-1) - sorted_probs < settings.top_p
-            sorted_probs = sorted_probs * keep
-            probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-        tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-    return tokens, logprobs.gather(-1, tokens[:, None]).squeeze(-1)
-
-
-def _first_stop(text: str, stops: Sequence[str]) -> str | None:
-    found = [(text.find(s), s) for s in stops if s in text]
-    return min(found)[1] if found else None
-
-
 def _common_prefix(a: list[int], b: list[int]) -> int:
     n = min(len(a), len(b))
     for i in range(n):
@@ -444,3 +428,12 @@ def _arange(start: int, stop: int, device: Any) -> Any:
     import torch
 
     return torch.arange(start, stop, device=device)
+
+
+def _settle(future: asyncio.Future, result: Any, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
