@@ -29,6 +29,7 @@ from typing import Any
 
 from models.chat_template import ChatTemplateRenderer
 from models.engine import (
+    Candidate,
     ChatMessage,
     ChoiceResult,
     Engine,
@@ -62,6 +63,7 @@ class _Call:
     job_id: str = field(compare=False)
     start: Any = field(compare=False)  # runs in the engine loop: returns a result, or a Group to decode
     deliver: Any = field(compare=False)  # deliver(result, error), from the engine loop
+    aborted: Any = field(compare=False)  # the result for a call aborted before it started
 
 
 class HfEngine(Engine):
@@ -129,14 +131,15 @@ class HfEngine(Engine):
 
     async def generate(self, prompt: Prompt, settings: SamplingSettings, *, job_id: str,
                        priority: int = 0) -> Generation:
-        return await self._submit(job_id, priority, lambda: self._start_group(prompt, settings, job_id))
+        aborted = lambda: Generation(tuple(Candidate("", 0, None, "abort") for _ in range(settings.n)), 0, 0)
+        return await self._submit(job_id, priority, lambda: self._start_group(prompt, settings, job_id), aborted)
 
     async def choose(self, prompt: Prompt, options: Sequence[str], *, job_id: str,
                      priority: int = 0) -> ChoiceResult:
         if len(set(options)) < 2:
             raise ValueError("choose needs at least two distinct options")
         token_ids = [self._option_token_id(o) for o in options]
-        return await self._submit(job_id, priority, lambda: self._choose(prompt, list(options), token_ids))
+        return await self._submit(job_id, priority, lambda: self._choose(prompt, list(options), token_ids), None)
 
     async def abort(self, job_id: str) -> None:
         with self._lock:
@@ -163,7 +166,9 @@ class HfEngine(Engine):
         await asyncio.to_thread(self._thread.join)
         self._cache.clear()
 
-    async def _submit(self, job_id: str, priority: int, start: Any) -> Any:
+    async def _submit(self, job_id: str, priority: int, start: Any, aborted: Any) -> Any:
+        """Queue a call for the engine loop. `aborted()` gives the result of a call aborted before it
+        started (a generation of "abort" candidates); None raises CancelledError instead."""
         if self._closed or not self._thread.is_alive():
             raise EngineError("the engine is not running")
         loop = asyncio.get_running_loop()
@@ -175,7 +180,7 @@ class HfEngine(Engine):
         with self._lock:
             self._in_flight[job_id] += 1
         self._waiting += 1
-        self._inbox.put(_Call(priority, next(self._order), job_id, start, deliver))
+        self._inbox.put(_Call(priority, next(self._order), job_id, start, deliver, aborted))
         try:
             return await future
         except asyncio.CancelledError:
@@ -239,7 +244,10 @@ class HfEngine(Engine):
     def _start(self, call: _Call) -> Group | None:
         """Run a call's first part: a choice completes here; a generation returns its group."""
         if call.job_id in self._cancelled or self._closed:
-            self._settle_call(call, None, asyncio.CancelledError())
+            if call.aborted is not None:
+                self._settle_call(call, call.aborted(), None)
+            else:
+                self._settle_call(call, None, asyncio.CancelledError(f"call of job {call.job_id} was aborted"))
             return None
         try:
             outcome = call.start()
@@ -281,12 +289,13 @@ class HfEngine(Engine):
         self._settle_call(group.call, result, error)
 
     def _settle_call(self, call: _Call, result: Any, error: BaseException | None) -> None:
-        call.deliver(result, error)
+        # Bookkeeping first: a caller that resumes on the result must find its call gone.
         with self._lock:
             self._in_flight[call.job_id] -= 1
             if not self._in_flight[call.job_id]:
                 del self._in_flight[call.job_id]
                 self._cancelled.discard(call.job_id)
+        call.deliver(result, error)
 
     def _new_cache(self) -> Any:
         from transformers import DynamicCache
