@@ -35,3 +35,12 @@ async def test_the_running_engine_uses_the_chosen_dtype(engine):
 
     expected = torch.bfloat16 if cpu_has_native_bf16() else torch.float32
     assert engine._llm.model_config.dtype == expected
+
+
+def test_auto_picks_vllm_for_what_it_runs_and_hf_for_mllama(tiny_model_dir, tiny_mllama_dir):
+    from models.engine_factory import pick_engine
+
+    assert pick_engine("auto", str(tiny_model_dir))[0] == "vllm"
+    kind, reason = pick_engine("auto", str(tiny_mllama_dir))
+    assert kind == "hf" and "MllamaForConditionalGeneration" in reason
+    assert pick_engine("hf", str(tiny_model_dir)) == ("hf", "asked for with --engine")
