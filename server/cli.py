@@ -17,6 +17,7 @@ commands:
   ask          answer one question about an image, without a server
   bench        measure throughput and latency against the published procedure and the engine
   tiny-model   build the embedded tiny vision-language model into a folder
+  synth-data   write synthetic shape questions with four-stage answers (LLaVA-o1-100k format)
 
 `llava-o1 COMMAND --help` describes a command's options.
 """
@@ -41,6 +42,26 @@ def tiny_model_command(argv: Sequence[str]) -> int:
     return 0
 
 
+def synth_data_command(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="llava-o1 synth-data",
+        description="Render shape scenes and write questions with four-stage answers: OUT/images/*.png, "
+                    "OUT/train.jsonl and OUT/test.jsonl (LLaVA-o1-100k record format). Deterministic per seed.",
+    )
+    parser.add_argument("--out", required=True, help="folder to write to")
+    parser.add_argument("--n", type=int, default=1000, help="number of records (default 1000)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--test-fraction", type=float, default=0.1, help="share of records in test.jsonl")
+    args = parser.parse_args(argv)
+    if args.n < 1 or not 0.0 <= args.test_fraction < 1.0:
+        parser.error("--n must be at least 1 and --test-fraction in [0, 1)")
+    from models.synthetic_data import write_dataset
+
+    sizes = write_dataset(args.out, args.n, args.seed, args.test_fraction)
+    print(f"{sizes['train']} train and {sizes['test']} test records written to {args.out}")
+    return 0
+
+
 def serve_command(argv: Sequence[str]) -> int:
     from server.serve import serve
 
@@ -61,6 +82,7 @@ def bench_command(argv: Sequence[str]) -> int:
 
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "bench": bench_command,
+    "synth-data": synth_data_command,
     "serve": serve_command,
     "ask": ask_command,
     "tiny-model": tiny_model_command,
