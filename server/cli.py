@@ -18,6 +18,7 @@ commands:
   bench        measure throughput and latency against the published procedure and the engine
   tiny-model   build the embedded tiny vision-language model into a folder
   synth-data   write synthetic shape questions with four-stage answers (LLaVA-o1-100k format)
+  train        fine-tune a model on such records (loss on the answers only)
 
 `llava-o1 COMMAND --help` describes a command's options.
 """
@@ -62,6 +63,36 @@ def synth_data_command(argv: Sequence[str]) -> int:
     return 0
 
 
+def train_command(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="llava-o1 train",
+        description="Supervised fine-tuning on LLaVA-o1-100k-format records, loss on the assistant's tokens only. "
+                    "Writes the model to OUT, checkpoints to OUT/checkpoint-STEP.",
+    )
+    parser.add_argument("--model", help="model folder to start from (default: the embedded tiny model)")
+    parser.add_argument("--data", required=True, help="a .jsonl file of records (e.g. from synth-data)")
+    parser.add_argument("--out", required=True, help="folder for the trained model and its checkpoints")
+    parser.add_argument("--steps", type=int, help="stop after this many steps (counted from the start, across resumes)")
+    parser.add_argument("--max-minutes", type=float, help="stop after this many minutes of this run")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--save-every", type=int, default=100, help="checkpoint every N steps (0: never)")
+    parser.add_argument("--resume", action="store_true", help="go on from OUT's latest checkpoint")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.steps is None and args.max_minutes is None:
+        parser.error("give --steps, --max-minutes, or both")
+    from models.tiny_model import ensure_default_model
+    from models.train import train
+
+    summary = train(args.model or str(ensure_default_model()), args.data, args.out, steps=args.steps,
+                    max_minutes=args.max_minutes, batch_size=args.batch_size, lr=args.lr,
+                    save_every=args.save_every, resume=args.resume, seed=args.seed)
+    print(f"trained to step {summary['steps']}: loss {summary['first_loss']:.3f} -> {summary['last_loss']:.3f}; "
+          f"model written to {args.out}")
+    return 0
+
+
 def serve_command(argv: Sequence[str]) -> int:
     from server.serve import serve
 
@@ -83,6 +114,7 @@ def bench_command(argv: Sequence[str]) -> int:
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "bench": bench_command,
     "synth-data": synth_data_command,
+    "train": train_command,
     "serve": serve_command,
     "ask": ask_command,
     "tiny-model": tiny_model_command,

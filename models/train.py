@@ -1,0 +1,152 @@
+"""`llava-o1 train`: supervised fine-tuning on LLaVA-o1-100k-format records (models/synthetic_data.py),
+loss on the assistant's tokens only.
+
+A plain PyTorch loop (AdamW), sized for tiny models on a CPU: a step and/or time budget, a progress
+bar, checkpoints (model, processor, optimizer, step) in OUT/checkpoint-STEP, `--resume` from the
+latest one, and the final model in OUT, loadable by both engines. On GPUs, the same records go
+through the usual transformers/accelerate path (docs/training.md); this loop does not shard.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+CHECKPOINT_PREFIX = "checkpoint-"
+
+
+@dataclass
+class Example:
+    image: Path | None
+    question: str
+    answer: str
+
+
+def read_records(path: str | Path) -> list[Example]:
+    """Records of a .jsonl file; image paths are relative to the file's folder."""
+    path = Path(path)
+    examples = []
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        record = json.loads(line)
+        human = next(t["value"] for t in record["conversations"] if t["from"] == "human")
+        gpt = next(t["value"] for t in record["conversations"] if t["from"] == "gpt")
+        image = path.parent / record["image"] if record.get("image") else None
+        examples.append(Example(image, human.replace("<image>", "").strip(), gpt))
+    return examples
+
+
+class Collator:
+    """Turns examples into a padded batch whose labels cover the assistant's answer only."""
+
+    def __init__(self, processor: Any):
+        self.processor = processor
+        self.tokenizer = getattr(processor, "tokenizer", processor)
+        self.tokenizer.padding_side = "right"
+
+    def conversation(self, example: Example, with_answer: bool) -> str:
+        content = ([{"type": "image"}] if example.image else []) + [{"type": "text", "text": example.question}]
+        messages = [{"role": "user", "content": content}]
+        if with_answer:
+            messages.append({"role": "assistant", "content": [{"type": "text", "text": example.answer}]})
+        return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=not with_answer)
+
+    def __call__(self, examples: list[Example]) -> dict:
+        from PIL import Image
+
+        images = [[Image.open(e.image).convert("RGB")] for e in examples if e.image]
+        full = [self.conversation(e, True) for e in examples]
+        prompts = [self.conversation(e, False) for e in examples]
+        kwargs = {"images": images} if images else {}
+        batch = self.processor(text=full, padding=True, return_tensors="pt", add_special_tokens=False, **kwargs)
+        prompt_ids = self.processor(text=prompts, padding=True, return_tensors="pt", add_special_tokens=False,
+                                    **kwargs)["input_ids"]
+        labels = batch["input_ids"].clone()
+        labels[batch["attention_mask"] == 0] = -100
+        for row in range(len(examples)):
+            # The prompt (with the assistant's header) is a prefix of the full text: mask it out.
+            prompt_len = int((prompt_ids[row] != self.tokenizer.pad_token_id).sum())
+            labels[row, :prompt_len] = -100
+        batch["labels"] = labels
+        return dict(batch)
+
+
+def train(model_dir: str, data: str, out: str, *, steps: int | None = None, max_minutes: float | None = None,
+          batch_size: int = 16, lr: float = 2e-3, save_every: int = 100, resume: bool = False, seed: int = 0,
+          progress: bool = True) -> dict:
+    """Fine-tune `model_dir` on `data`; returns {"steps", "first_loss", "last_loss", "seconds"}."""
+    import torch
+    from tqdm import tqdm
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    if steps is None and max_minutes is None:
+        raise ValueError("give a step budget, a time budget, or both")
+    out_dir = Path(out)
+    start_dir, start_step = Path(model_dir), 0
+    checkpoint = latest_checkpoint(out_dir) if resume else None
+    if checkpoint is not None:
+        start_dir, start_step = checkpoint, int(checkpoint.name.removeprefix(CHECKPOINT_PREFIX))
+    model = AutoModelForImageTextToText.from_pretrained(start_dir, dtype=torch.float32)
+    processor = AutoProcessor.from_pretrained(start_dir)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    if checkpoint is not None and (checkpoint / "optimizer.pt").exists():
+        optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt"))
+    examples = read_records(data)
+    collate = Collator(processor)
+    rng = random.Random(seed * 1_000_003 + start_step)
+    torch.manual_seed(seed + start_step)
+    deadline = time.monotonic() + max_minutes * 60 if max_minutes is not None else None
+    total = steps if steps is not None else None
+    bar = tqdm(total=total, initial=start_step, desc="train", unit="step", disable=not progress)
+    first_loss = last_loss = None
+    step, started = start_step, time.monotonic()
+    while (steps is None or step < steps) and (deadline is None or time.monotonic() < deadline):
+        batch = collate(rng.sample(examples, min(batch_size, len(examples))))
+        loss = model(**batch).loss
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        step += 1
+        last_loss = float(loss)
+        first_loss = last_loss if first_loss is None else first_loss
+        bar.update(1)
+        bar.set_postfix(loss=f"{last_loss:.3f}")
+        if save_every and step % save_every == 0:
+            save_checkpoint(model, processor, optimizer, out_dir, step)
+    bar.close()
+    model.eval()
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    summary = {"steps": step, "first_loss": first_loss, "last_loss": last_loss,
+               "seconds": round(time.monotonic() - started, 1), "data": str(data), "from": str(model_dir)}
+    (out_dir / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def save_checkpoint(model: Any, processor: Any, optimizer: Any, out_dir: Path, step: int, keep: int = 2) -> Path:
+    import torch
+
+    path = out_dir / f"{CHECKPOINT_PREFIX}{step}"
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    torch.save(optimizer.state_dict(), path / "optimizer.pt")
+    for old in sorted(out_dir.glob(f"{CHECKPOINT_PREFIX}*"), key=_step_of)[:-keep]:
+        shutil.rmtree(old)
+    return path
+
+
+def latest_checkpoint(out_dir: Path) -> Path | None:
+    checkpoints = sorted(out_dir.glob(f"{CHECKPOINT_PREFIX}*"), key=_step_of)
+    return checkpoints[-1] if checkpoints else None
+
+
+def _step_of(path: Path) -> int:
+    return int(path.name.removeprefix(CHECKPOINT_PREFIX))
