@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import itertools
 import logging
@@ -94,13 +95,18 @@ class VllmEngine(Engine):
     ) -> Generation:
         from vllm.sampling_params import RequestOutputKind
 
+        # Greedy decoding gives n equal candidates, and vLLM refuses n > 1 with temperature 0:
+        # sample once and repeat it (the search merges equal candidates before judging).
+        copies = settings.n if settings.temperature <= 0.0 else 1
+        if copies > 1:
+            settings = dataclasses.replace(settings, n=1)
         # Only the final output: the cumulative kind streams one completion at a time for n > 1.
         params = _sampling_params(settings, RequestOutputKind.FINAL_ONLY)
         final = None
         async for final in self._run(prompt, params, job_id, priority):
             pass
         candidates = tuple(_candidate(c) for c in sorted(final.outputs, key=lambda c: c.index))
-        return Generation(candidates, _prompt_tokens(final), final.num_cached_tokens or 0)
+        return Generation(candidates * copies, _prompt_tokens(final), final.num_cached_tokens or 0)
 
     async def stream(
         self, prompt: Prompt, settings: SamplingSettings, *, job_id: str, priority: int = 0

@@ -19,6 +19,7 @@ commands:
   tiny-model   build the embedded tiny vision-language model into a folder
   synth-data   write synthetic shape questions with four-stage answers (LLaVA-o1-100k format)
   train        fine-tune a model on such records (loss on the answers only)
+  eval         score a search strategy on records with known answers
 
 `llava-o1 COMMAND --help` describes a command's options.
 """
@@ -93,6 +94,12 @@ def train_command(argv: Sequence[str]) -> int:
     return 0
 
 
+def eval_command(argv: Sequence[str]) -> int:
+    from server.evaluate import main as eval_main
+
+    return eval_main(argv)
+
+
 def serve_command(argv: Sequence[str]) -> int:
     from server.serve import serve
 
@@ -115,6 +122,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "bench": bench_command,
     "synth-data": synth_data_command,
     "train": train_command,
+    "eval": eval_command,
     "serve": serve_command,
     "ask": ask_command,
     "tiny-model": tiny_model_command,

@@ -314,3 +314,12 @@ async def test_seeded_requests_under_concurrent_load_never_kill_the_engine(serve
         responses = await asyncio.gather(*(one(i) for i in range(16)))
     assert [r.status_code for r in responses] == [200] * 16
     assert httpx.get(server["base"] + "/health").status_code == 200
+
+
+def test_temperature_zero_with_a_beam_is_answered(client):
+    # Evaluation harnesses send temperature 0 by default; the beam's candidates are then all equal.
+    response = client.chat.completions.create(model=MODEL, messages=question(), temperature=0,
+                                              extra_body={"reasoning": {"beam_width": 3, "trace": True}})
+    trace = extra(response, "reasoning")["trace"]
+    assert all(len({c["text"] for c in stage["candidates"]}) == 1 for stage in trace["stages"])
+    assert all(not stage["matches"] for stage in trace["stages"])  # equal candidates need no judge

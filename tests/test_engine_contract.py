@@ -157,3 +157,11 @@ async def test_engine_is_healthy_and_reports_load(any_engine):
     assert 0.0 <= stats.kv_cache_usage <= 1.0
     assert 0.0 <= stats.prefix_cache_hit_ratio <= 1.0
 
+
+
+async def test_greedy_with_several_candidates_gives_equal_candidates(any_engine):
+    # OpenAI-style clients often send temperature 0; with a beam it must not fail (vLLM refuses n > 1).
+    prompt = any_engine.render(image_question("How many shapes?"), "<SUMMARY>")
+    result = await any_engine.generate(prompt, SamplingSettings(n=3, max_tokens=8, temperature=0.0), job_id="greedy-n")
+    assert len(result.candidates) == 3
+    assert len({c.text for c in result.candidates}) == 1
