@@ -7,7 +7,7 @@ STAMP := $(VENV)/.llava-o1-installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install tools serve test clean
+.PHONY: install tools serve test demo-model clean
 
 install: $(STAMP)
 
@@ -31,6 +31,10 @@ serve: install
 
 test: install tools
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Rebuild models/demo from scratch (synthetic data, three training phases; about 32 minutes on 2 cores).
+demo-model: install
+	$(VENV)/bin/llava-o1 demo-model
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -23,12 +23,14 @@ def add_engine_choice(parser: argparse.ArgumentParser) -> None:
 
 
 def start_engine(args: argparse.Namespace) -> Engine:
-    """An engine for `args.model`, or for the embedded tiny model (built once) when none is given."""
-    from models.tiny_model import ensure_default_model
-
-    if args.model is None and not args.served_model_name:
-        args.served_model_name = [EMBEDDED_MODEL_NAME]
-    model = args.model or str(ensure_default_model())
+    """An engine for `args.model`; without one, the committed demo model (or, in a checkout
+    without it, the embedded tiny model, built once)."""
+    if args.model is None:
+        path, name = default_model()
+        args.served_model_name = args.served_model_name or [name]
+        model = path
+    else:
+        model = args.model
     kind, reason = pick_engine(getattr(args, "engine", "auto"), model)
     log.warning("llava-o1: %s engine for %s (%s)", kind, model, reason)
     served = args.served_model_name[0] if args.served_model_name else None
@@ -41,6 +43,22 @@ def start_engine(args: argparse.Namespace) -> Engine:
     from models.vllm_engine import VllmEngine
 
     return VllmEngine.from_engine_args(engine_args_from(args, model))
+
+
+def default_model() -> tuple[str, str]:
+    """(path, served name) of the model used when none is given."""
+    from models.demo_model import DEMO_DIR, DEMO_MODEL_NAME
+
+    if (DEMO_DIR / "config.json").exists():
+        return str(DEMO_DIR), DEMO_MODEL_NAME
+    return embedded_model()
+
+
+def embedded_model() -> tuple[str, str]:
+    """(path, served name) of the embedded random-weight tiny model, built into the cache once."""
+    from models.tiny_model import ensure_default_model
+
+    return str(ensure_default_model()), EMBEDDED_MODEL_NAME
 
 
 def pick_engine(wanted: str, model: str) -> tuple[str, str]:

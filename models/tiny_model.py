@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 SEED = 1234
@@ -78,8 +79,24 @@ _CORPUS = [
 ]
 
 
+@dataclass(frozen=True)
+class TinyShape:
+    """Sizes of a tiny Idefics3; the default is the embedded test model."""
+
+    image_size: int = IMAGE_SIZE
+    vision_hidden: int = 64
+    vision_layers: int = 2
+    text_layers: int = 2
+    corpus: tuple[str, ...] = ()  # more text for the tokenizer to learn its merges from
+
+    @property
+    def image_seq_len(self) -> int:
+        return (self.image_size // PATCH_SIZE) ** 2 // SCALE_FACTOR**2
+
+
 def build_tokenizer(special_tokens: list[str] | None = None, chat_template: str = CHAT_TEMPLATE, *,
-                    bos: str = BOS, eos: str = EOS, pad: str = PAD, image: str = IMAGE):
+                    bos: str = BOS, eos: str = EOS, pad: str = PAD, image: str = IMAGE,
+                    extra_corpus: tuple[str, ...] = ()):
     """Train a byte-level BPE tokenizer on the built-in corpus and wrap it for transformers."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -93,7 +110,7 @@ def build_tokenizer(special_tokens: list[str] | None = None, chat_template: str 
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    tokenizer.train_from_iterator((_CORPUS + list(extra_corpus)) * 4, trainer=trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         bos_token=bos,
@@ -105,8 +122,8 @@ def build_tokenizer(special_tokens: list[str] | None = None, chat_template: str 
     )
 
 
-def build_config(tokenizer):
-    """The Idefics3 configuration: tiny vision tower, 2-layer Llama with 64-wide heads."""
+def build_config(tokenizer, shape: TinyShape = TinyShape()):
+    """The Idefics3 configuration: tiny vision tower, a Llama with 64-wide heads."""
     from transformers import Idefics3Config
 
     vocab_size = len(tokenizer)
@@ -116,7 +133,7 @@ def build_config(tokenizer):
         "vocab_size": vocab_size,
         "hidden_size": 128,
         "intermediate_size": 256,
-        "num_hidden_layers": 2,
+        "num_hidden_layers": shape.text_layers,
         "num_attention_heads": 2,
         "num_key_value_heads": 2,
         "head_dim": 64,
@@ -130,11 +147,11 @@ def build_config(tokenizer):
     }
     vision_config = {
         "model_type": "idefics3_vision",
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_hidden_layers": 2,
+        "hidden_size": shape.vision_hidden,
+        "intermediate_size": 2 * shape.vision_hidden,
+        "num_hidden_layers": shape.vision_layers,
         "num_attention_heads": 2,
-        "image_size": IMAGE_SIZE,
+        "image_size": shape.image_size,
         "patch_size": PATCH_SIZE,
     }
     config = Idefics3Config(
@@ -151,25 +168,25 @@ def build_config(tokenizer):
     return config
 
 
-def build_processor(tokenizer):
+def build_processor(tokenizer, shape: TinyShape = TinyShape()):
     """Idefics3 processor on the PIL image processor (works without torchvision), no splitting."""
     from transformers import Idefics3Processor
     from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
 
     image_processor = Idefics3ImageProcessorPil(
         do_image_splitting=False,
-        size={"longest_edge": IMAGE_SIZE},
-        max_image_size={"longest_edge": IMAGE_SIZE},
+        size={"longest_edge": shape.image_size},
+        max_image_size={"longest_edge": shape.image_size},
     )
     return Idefics3Processor(
         image_processor=image_processor,
         tokenizer=tokenizer,
-        image_seq_len=IMAGE_SEQ_LEN,
+        image_seq_len=shape.image_seq_len,
         chat_template=CHAT_TEMPLATE,
     )
 
 
-def build_tiny_model(out_dir: str | os.PathLike) -> Path:
+def build_tiny_model(out_dir: str | os.PathLike, shape: TinyShape = TinyShape()) -> Path:
     """Write the tiny model (weights, config, tokenizer, processor, chat template) to `out_dir`.
 
     Deterministic: the same files (weights bit for bit) on every call.
@@ -179,8 +196,8 @@ def build_tiny_model(out_dir: str | os.PathLike) -> Path:
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer()
-    config = build_config(tokenizer)
+    tokenizer = build_tokenizer(extra_corpus=shape.corpus)
+    config = build_config(tokenizer, shape)
     torch.manual_seed(SEED)
     model = Idefics3ForConditionalGeneration(config).to(torch.float32).eval()
     model.generation_config = GenerationConfig(
@@ -189,7 +206,7 @@ def build_tiny_model(out_dir: str | os.PathLike) -> Path:
         pad_token_id=config.pad_token_id,
     )
     model.save_pretrained(out)
-    build_processor(tokenizer).save_pretrained(out)
+    build_processor(tokenizer, shape).save_pretrained(out)
     (out / "llava_o1.json").write_text(json.dumps(_marker(), indent=2) + "\n")
     return out
 

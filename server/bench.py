@@ -90,6 +90,13 @@ async def bench(args: argparse.Namespace) -> dict:
         from models.engine_factory import start_engine
         from server.app import create_app
 
+        if args.model is None:
+            # The benchmark's model is the random tiny one: it never ends a stage early, so every
+            # mode samples the same number of tokens (the demo model, the serving default, does).
+            from models.engine_factory import embedded_model
+
+            args.model, name = embedded_model()
+            args.served_model_name = args.served_model_name or [name]
         print("starting the engine ...", file=sys.stderr)
         engine = start_engine(args)
         settings = ServerSettings(search=config, max_beam_width=max(args.beam_width, 1),

@@ -20,6 +20,7 @@ commands:
   synth-data   write synthetic shape questions with four-stage answers (LLaVA-o1-100k format)
   train        fine-tune a model on such records (loss on the answers only)
   eval         score a search strategy on records with known answers
+  demo-model   rebuild the demo model from scratch (synthetic data, then training)
 
 `llava-o1 COMMAND --help` describes a command's options.
 """
@@ -100,6 +101,24 @@ def eval_command(argv: Sequence[str]) -> int:
     return eval_main(argv)
 
 
+def demo_model_command(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="llava-o1 demo-model",
+        description="Rebuild the demo model: synthetic shape questions from a fixed seed, a random tiny base, "
+                    "then training in three phases (about 32 minutes on 2 CPU cores).",
+    )
+    from models.demo_model import DEMO_DIR, build_demo_model
+
+    parser.add_argument("--out", default=str(DEMO_DIR), help=f"where to write it (default: {DEMO_DIR})")
+    parser.add_argument("--records", type=int, default=4000)
+    parser.add_argument("--steps-per-phase", type=int, default=3000)
+    args = parser.parse_args(argv)
+    summary = build_demo_model(args.out, records=args.records, steps_per_phase=args.steps_per_phase)
+    last = summary["phases"][-1]
+    print(f"demo model written to {args.out}: loss {last['first_loss']:.3f} -> {last['last_loss']:.3f} in its last phase")
+    return 0
+
+
 def serve_command(argv: Sequence[str]) -> int:
     from server.serve import serve
 
@@ -123,6 +142,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "synth-data": synth_data_command,
     "train": train_command,
     "eval": eval_command,
+    "demo-model": demo_model_command,
     "serve": serve_command,
     "ask": ask_command,
     "tiny-model": tiny_model_command,

@@ -1,7 +1,7 @@
 """`llava-o1 eval`: score a search strategy on LLaVA-o1-100k-format records with known answers.
 
 Each question goes through the search, in this process on an engine (`--model`, default the
-embedded model) or against a running server (`--url`). The answer is read from the CONCLUSION (the
+demo model) or against a running server (`--url`). The answer is read from the CONCLUSION (the
 option letter for multiple choice) and compared with the record's `answer` (or, without one, with
 the conclusion of its own staged answer). Reported: accuracy, the share of answers with a valid
 four-stage structure (every stage non-empty, and every stage closed by the model's own closing tag
@@ -113,7 +113,7 @@ async def _score_in_process(args, records: list[dict]) -> list[dict]:
     engine = start_engine(args)
     config = SearchConfig(strategy=args.strategy, beam_width=args.beam_width,
                           max_tokens_per_stage=args.max_tokens_per_stage, temperature=args.temperature,
-                          seed=args.search_seed)
+                          seed=args.search_seed, stage_prompt=args.stage_prompt)
     limit = asyncio.Semaphore(args.concurrency)
 
     async def one(record: dict) -> dict:
@@ -152,7 +152,8 @@ async def _score_over_http(args, records: list[dict]) -> list[dict]:
             body = {"model": model, "messages": [{"role": "user", "content": content}],
                     "temperature": args.temperature,
                     "reasoning": {"strategy": args.strategy, "beam_width": args.beam_width, "trace": True,
-                                  "max_tokens_per_stage": args.max_tokens_per_stage}}
+                                  "max_tokens_per_stage": args.max_tokens_per_stage,
+                                  "stage_prompt": args.stage_prompt}}
             if args.search_seed is not None:
                 body["seed"] = args.search_seed
             async with limit:
@@ -182,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--max-tokens-per-stage", type=int, default=96)
     group.add_argument("--temperature", type=float, default=0.0, help="0: greedy (the default)")
     group.add_argument("--search-seed", type=int, help="seed for reproducible candidates (as in ask)")
+    group.add_argument("--stage-prompt", choices=("auto", "always", "never"), default="auto",
+                       help="ask for the four stages in the prompt: auto does for models whose name does not say "
+                            "they were trained on them (a trained model given by path wants never)")
     group.add_argument("--concurrency", type=int, default=16, help="questions in flight at once")
     group.add_argument("--limit", type=int, help="only the first N questions")
     group.add_argument("--url", help="score a running server instead of starting an engine here")
@@ -198,9 +202,9 @@ def main(argv: Sequence[str]) -> int:
     records = read_questions(args.data)[: args.limit]
     scored = asyncio.run(_score_over_http(args, records) if args.url else _score_in_process(args, records))
     summary = summarize(scored, args.strategy, args.beam_width)
-    print(markdown([summary]))
-    print(json.dumps({k: v for k, v in summary.items()}, indent=2))
-    if args.json_out:
+    if args.json_out:  # first: the file is written even if stdout goes away
         Path(args.json_out).write_text(json.dumps({"summary": summary, "questions": scored}, indent=2) + "\n")
+    print(markdown([summary]))
+    print(json.dumps(summary, indent=2))
     print(f"scored {len(scored)} questions from {args.data}", file=sys.stderr)
     return 0

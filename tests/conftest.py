@@ -116,9 +116,10 @@ API_KEY = "sk-test-key"
 
 
 @pytest.fixture(scope="session")
-def server(cli_env, image_host, tmp_path_factory):
-    """`llava-o1 serve` as a real subprocess on loopback with the embedded model (built on first use)."""
-    args = ["--api-key", API_KEY, "--max-tokens-per-stage", "16",
+def server(cli_env, image_host, tiny_model_dir, tmp_path_factory):
+    """`llava-o1 serve` as a real subprocess on loopback with the random tiny model (its stages run to
+    the token limit, so tests can count tokens and judge matches)."""
+    args = ["--model", str(tiny_model_dir), "--served-model-name", "llava-o1-tiny", "--api-key", API_KEY, "--max-tokens-per-stage", "16",
             "--max-beam-width", "6", "--max-images", "2", "--max-image-pixels", "1000000",
             "--max-body-bytes", "2000000", "--allow-remote-images", "--allow-private-image-hosts", image_host,
             "--remote-image-max-bytes", "100000", "--remote-image-timeout", "1.5", "--max-model-len", "4096"]

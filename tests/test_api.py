@@ -294,12 +294,6 @@ def test_a_plain_client_that_disconnects_leaves_no_engine_work(server):
     assert wait_for(lambda: running_requests(server) == 0), "engine work kept running after the client left"
 
 
-def test_serve_built_the_embedded_model_into_its_cache(server, cli_env):
-    from pathlib import Path
-
-    assert (Path(cli_env["LLAVA_O1_CACHE"]) / "tiny-idefics3" / "config.json").exists()
-
-
 async def test_seeded_requests_under_concurrent_load_never_kill_the_engine(server):
     import asyncio
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -76,3 +77,6 @@ def test_bench_runs_all_modes_and_writes_results_and_a_plot(cli_env, tmp_path):
     assert results["modes"]["raw"]["candidate_tokens_per_request"] > 0
     assert set(results["ratios"]) == {"ours_vs_reference", "ours_vs_raw"}
     assert (out / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Without --model the benchmark runs the random tiny model, built into the cache on first use.
+    assert results["settings"]["model"] == "llava-o1-tiny"
+    assert (Path(cli_env["LLAVA_O1_CACHE"]) / "tiny-idefics3" / "config.json").exists()
