@@ -234,7 +234,10 @@ class HfEngine(Engine):
         try:
             call = self._inbox.get(timeout=0.5) if block else self._inbox.get_nowait()
             while True:
-                if call is None:
+                if call is None:  # shut down: calls that came in with it get an answer too
+                    for pending in calls:
+                        self._waiting -= 1
+                        self._settle_call(pending, None, EngineError("the engine was shut down"))
                     return None
                 calls.append(call)
                 call = self._inbox.get_nowait()
