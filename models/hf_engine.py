@@ -17,7 +17,6 @@ How it spends its forward passes:
 from __future__ import annotations
 
 import asyncio
-import copy
 import itertools
 import logging
 import queue
@@ -384,12 +383,14 @@ class HfEngine(Engine):
             return None  # an image's placeholder tokens in the new part need the pixels: encode it all
         entry = self._cache[best_key]
         self._cache.move_to_end(best_key)
-        cache = copy.deepcopy(entry.cache)
-        if len(entry.rows) > 1:
-            import torch
-
-            cache.batch_select_indices(torch.tensor([best_row], device=self._device))
-        _crop_self_attention(cache, best, self._cross_attention_layers)
+        # Copy only that row, and of self-attention layers only the shared prefix: cross-attention
+        # layers (Mllama) hold the image's keys and values, whose length is not the prompt's.
+        cache = self._new_cache()
+        for index, layer in enumerate(entry.cache.layers):
+            keys, values = layer.keys[best_row:best_row + 1], layer.values[best_row:best_row + 1]
+            if index not in self._cross_attention_layers:
+                keys, values = keys[..., :best, :], values[..., :best, :]
+            cache.update(keys.clone(), values.clone(), index)
         return cache, best
 
     # -- helpers ---------------------------------------------------------------------------------
@@ -411,15 +412,6 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
         if a[i] != b[i]:
             return i
     return n
-
-
-def _crop_self_attention(cache: Any, length: int, cross_attention_layers: set[int]) -> None:
-    """Crop the token axis of self-attention layers only: cross-attention layers (Mllama) hold the
-    image's keys and values, whose length has nothing to do with the prompt's."""
-    for index, layer in enumerate(cache.layers):
-        if index not in cross_attention_layers and getattr(layer, "keys", None) is not None:
-            layer.keys = layer.keys[..., :length, :]
-            layer.values = layer.values[..., :length, :]
 
 
 def _eos_ids(model: Any) -> set[int]:
