@@ -105,7 +105,7 @@ class Group:
 
     def result(self) -> Generation:
         return Generation(tuple(
-            Candidate(text=row.text, num_tokens=len(row.ids), cumulative_logprob=self.logprob[r],
+            Candidate(text=row.text, num_tokens=len(row.ids), cumulative_logprob=self.logprob[r] if self.settings.logprobs else None,
                       finish_reason=self.finish[r] or "abort", stop_reason=self.stop_reason[r])
             for r, row in enumerate(self.rows)), len(self.prompt_ids), self.cached_tokens)
 

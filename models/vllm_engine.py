@@ -59,6 +59,11 @@ class VllmEngine(Engine):
         renderer = ChatTemplateRenderer.from_pretrained(engine_args.tokenizer or engine_args.model)
         stats = VllmStatsCollector()
         llm = AsyncLLM.from_engine_args(engine_args, stat_loggers=[stats.factory])
+        # vLLM re-reads its environment variables on every access (several per request) unless
+        # told they are settled; its engine processes do this after start-up, its front end not.
+        from vllm import envs
+
+        envs.enable_envs_cache()
         served = engine_args.served_model_name
         if isinstance(served, (list, tuple)):
             served = served[0] if served else None
@@ -235,7 +240,7 @@ def _sampling_params(settings: SamplingSettings, output_kind: Any) -> Any:
         top_p=settings.top_p,
         seed=settings.seed,
         stop=list(settings.stop) or None,
-        logprobs=0,  # the sampled token's log-probability, for cumulative_logprob
+        logprobs=0 if settings.logprobs else None,  # 0: the sampled token's, for cumulative_logprob
         output_kind=output_kind,
         skip_reading_prefix_cache=not settings.use_prefix_cache,
         ignore_eos=settings.ignore_eos,

@@ -26,13 +26,19 @@ async def wait_until(predicate, timeout: float = 10.0) -> bool:
 @pytest.mark.parametrize("n", [1, 3, 5])
 async def test_n_candidates_for_n_asked(any_engine, n):
     prompt = any_engine.render(image_question("How many shapes?"), "<SUMMARY>")
-    result = await any_engine.generate(prompt, SamplingSettings(n=n, max_tokens=12), job_id=f"n-{n}")
+    result = await any_engine.generate(prompt, SamplingSettings(n=n, max_tokens=12, logprobs=True), job_id=f"n-{n}")
     assert len(result.candidates) == n
     for candidate in result.candidates:
         assert candidate.finish_reason in ("stop", "length")
         assert 0 < candidate.num_tokens <= 12
         assert candidate.cumulative_logprob is not None and candidate.cumulative_logprob <= 0
     assert result.prompt_tokens > 0
+
+
+async def test_logprobs_only_when_asked(any_engine):
+    prompt = any_engine.render(image_question("How many shapes?"), "<SUMMARY>")
+    result = await any_engine.generate(prompt, SamplingSettings(n=2, max_tokens=4), job_id="no-logprobs")
+    assert [c.cumulative_logprob for c in result.candidates] == [None, None]
 
 
 async def test_token_limit_is_reported_as_length(any_engine):
