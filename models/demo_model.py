@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from models.tiny_model import TinyShape, build_tiny_model
@@ -31,12 +32,26 @@ DEMO_CORPUS = (
 DEMO_SHAPE = TinyShape(image_size=112, vision_hidden=96, vision_layers=3, text_layers=3, corpus=DEMO_CORPUS)
 
 
-# Two phases: the format and rough counts at a high learning rate, then the counts at a lower one.
-PHASES = ((2e-3, 11.0), (7e-4, 11.0), (3e-4, 10.0))  # (learning rate, minutes)
+@dataclass(frozen=True)
+class Phase:
+    """One training run of the recipe: its learning rate, time budget, and the data it trains on."""
+
+    lr: float
+    minutes: float
+    data_seed: int = DATA_SEED
+    records: int = 4000
 
 
-def build_demo_model(out: str | Path, *, records: int = 4000, steps_per_phase: int = 3000,
-                     phases: tuple[tuple[float, float], ...] = PHASES, batch_size: int = 32) -> dict:
+# The format and rough counts at a high learning rate, the counts at lower ones; then two phases on
+# fresh pictures (new seeds, five times as many each): by phase 3 the 4000 pictures are learnt by
+# heart (loss 0.005 on them, 0.012 on unseen ones), and unseen pictures are what generalises.
+# Greedy accuracy on 240 unseen questions (seed 1): 69.6% after phase 3, 72.9% after 4, 79.6% after 5.
+PHASES = (Phase(2e-3, 11.0), Phase(7e-4, 11.0), Phase(3e-4, 10.0),
+          Phase(3e-4, 12.0, data_seed=100, records=20000), Phase(1.5e-4, 12.0, data_seed=200, records=20000))
+
+
+def build_demo_model(out: str | Path, *, steps_per_phase: int = 100_000, phases: tuple[Phase, ...] = PHASES,
+                     batch_size: int = 32) -> dict:
     """Synthetic data, a fresh base, training in phases; the model (no checkpoints) ends up in `out`."""
     from models.synthetic_data import write_dataset
     from models.train import train
@@ -45,20 +60,23 @@ def build_demo_model(out: str | Path, *, records: int = 4000, steps_per_phase: i
     runs = []
     with tempfile.TemporaryDirectory(prefix="llava-o1-demo-") as work:
         work = Path(work)
-        write_dataset(work / "data", records, DATA_SEED, test_fraction=0.0)
         model = work / "base"
         build_tiny_model(model, DEMO_SHAPE)
-        for index, (lr, minutes) in enumerate(phases):
+        for index, phase in enumerate(phases):
+            data = work / f"data-{phase.data_seed}-{phase.records}"
+            if not data.exists():
+                write_dataset(data, phase.records, phase.data_seed, test_fraction=0.0)
             trained = work / f"phase-{index + 1}"
-            runs.append(train(str(model), str(work / "data" / "train.jsonl"), str(trained), steps=steps_per_phase,
-                              max_minutes=minutes, batch_size=batch_size, lr=lr, save_every=0))
+            runs.append(train(str(model), str(data / "train.jsonl"), str(trained), steps=steps_per_phase,
+                              max_minutes=phase.minutes, batch_size=batch_size, lr=phase.lr, save_every=0))
             model = trained
         if out.exists():
             shutil.rmtree(out)
         shutil.copytree(model, out)
-    summary = {"phases": [{"lr": lr, "minutes": m, "steps": r["steps"], "first_loss": r["first_loss"],
-                           "last_loss": r["last_loss"]} for (lr, m), r in zip(phases, runs)],
-               "data": f"llava-o1 synth-data --n {records} --seed {DATA_SEED} --test-fraction 0",
+    summary = {"phases": [{"lr": p.lr, "minutes": p.minutes, "steps": r["steps"],
+                           "data": f"llava-o1 synth-data --n {p.records} --seed {p.data_seed} --test-fraction 0",
+                           "first_loss": r["first_loss"], "last_loss": r["last_loss"]}
+                          for p, r in zip(phases, runs)],
                "batch_size": batch_size, "from": "random weights (models.demo_model.DEMO_SHAPE)"}
     (out / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

@@ -105,15 +105,15 @@ def demo_model_command(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="llava-o1 demo-model",
         description="Rebuild the demo model: synthetic shape questions from a fixed seed, a random tiny base, "
-                    "then training in three phases (about 32 minutes on 2 CPU cores).",
+                    "then training in five phases (about 60 minutes on 2 CPU cores).",
     )
     from models.demo_model import DEMO_DIR, build_demo_model
 
     parser.add_argument("--out", default=str(DEMO_DIR), help=f"where to write it (default: {DEMO_DIR})")
-    parser.add_argument("--records", type=int, default=4000)
-    parser.add_argument("--steps-per-phase", type=int, default=3000)
+    parser.add_argument("--steps-per-phase", type=int, default=100_000,
+                        help="step cap per phase; each phase otherwise ends on its time budget")
     args = parser.parse_args(argv)
-    summary = build_demo_model(args.out, records=args.records, steps_per_phase=args.steps_per_phase)
+    summary = build_demo_model(args.out, steps_per_phase=args.steps_per_phase)
     last = summary["phases"][-1]
     print(f"demo model written to {args.out}: loss {last['first_loss']:.3f} -> {last['last_loss']:.3f} in its last phase")
     return 0

@@ -21,9 +21,23 @@ def run(cli_env, *args):
 def test_ask_uses_the_demo_model_and_counts_right(cli_env, tmp_path):
     run(cli_env, "synth-data", "--out", str(tmp_path / "shapes"), "--n", "10", "--seed", "1")
     image = tmp_path / "shapes" / "images" / "000000.png"
-    truth = count(Image.open(image).convert("RGB"), COLORS["red"])
-    result = json.loads(run(cli_env, "ask", "--image", str(image), "--question", "How many red shapes are in the image?",
+    truth = count(Image.open(image).convert("RGB"), COLORS["yellow"])
+    assert truth > 0  # the README's picture: a count of zero would prove little
+    result = json.loads(run(cli_env, "ask", "--image", str(image), "--question", "How many yellow shapes are in the image?",
                             "--strategy", "none", "--temperature", "0", "--json").stdout)
     assert [s["name"] for s in result["stages"]] == ["SUMMARY", "CAPTION", "REASONING", "CONCLUSION"]
     assert all(s["candidates"][0]["finish_reason"] == "stop" for s in result["stages"])  # it closed every stage
     assert result["answer"] == f"The answer is {truth}."
+
+
+def test_recipe_trains_each_phase_on_its_own_data(tmp_path):
+    from models.demo_model import Phase, build_demo_model
+
+    phases = (Phase(1e-3, 1.0, records=8), Phase(5e-4, 1.0, data_seed=7, records=8))
+    summary = build_demo_model(tmp_path / "demo", steps_per_phase=2, phases=phases, batch_size=4)
+    recorded = json.loads((tmp_path / "demo" / "training.json").read_text())
+    assert recorded == summary
+    assert [(p["lr"], p["steps"]) for p in recorded["phases"]] == [(1e-3, 2), (5e-4, 2)]
+    assert [p["data"] for p in recorded["phases"]] == [
+        "llava-o1 synth-data --n 8 --seed 0 --test-fraction 0", "llava-o1 synth-data --n 8 --seed 7 --test-fraction 0"]
+    assert {"model.safetensors", "tokenizer.json", "processor_config.json"} <= {p.name for p in (tmp_path / "demo").iterdir()}
