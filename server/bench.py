@@ -37,6 +37,14 @@ class Level:
     wall_s: float
     samples: list[Sample] = field(default_factory=list)
     failures: int = 0
+    round_rates: list[float] = field(default_factory=list)  # requests/s of each round, when merged
+
+    @classmethod
+    def merged(cls, runs: list["Level"]) -> "Level":
+        """The rounds of one mode and concurrency as one level: rates pooled over their summed time."""
+        return cls(runs[0].mode, runs[0].concurrency, sum(r.wall_s for r in runs),
+                   [s for r in runs for s in r.samples], sum(r.failures for r in runs),
+                   [len(r.samples) / r.wall_s if r.wall_s else 0.0 for r in runs])
 
     def summary(self) -> dict:
         latencies = sorted(s.latency_s for s in self.samples)
@@ -55,6 +63,7 @@ class Level:
             "latency_p99_s": percentile(latencies, 99),
             "first_stage_p50_s": percentile(firsts, 50),
             "first_stage_p95_s": percentile(firsts, 95),
+            "rounds_requests_per_second": [round(rate, 3) for rate in self.round_rates],
         }
 
 
@@ -77,6 +86,8 @@ async def bench(args: argparse.Namespace) -> dict:
     levels_wanted = sorted({int(c) for c in args.concurrency.split(",")})
     if unknown := set(modes) - set(MODES):
         raise SystemExit(f"llava-o1 bench: unknown modes {sorted(unknown)}; choose from {', '.join(MODES)}")
+    if args.rounds < 1:
+        raise SystemExit("llava-o1 bench: --rounds must be at least 1")
     if args.url and set(modes) - {"ours"}:
         raise SystemExit("llava-o1 bench: with --url only the 'ours' mode can run (the others need the engine)")
     questions = synthetic_questions(max(args.requests, args.reference_requests) + 8, seed=args.data_seed)
@@ -112,29 +123,53 @@ async def bench(args: argparse.Namespace) -> dict:
         base_url = args.url.rstrip("/").removesuffix("/v1")
         model = httpx.get(base_url + "/v1/models", headers=_auth(args)).json()["data"][0]["id"]
 
-    async def drive(concurrency: int, requests: int, warmup: int) -> dict:
+    async def drive(concurrency: int, requests: int, warmup: int, label: str = "") -> dict:
         return await drive_in_subprocess(
             base_url=base_url, model=model, api_key=args.api_key, concurrency=concurrency, requests=requests,
             warmup=warmup, beam_width=args.beam_width, max_tokens_per_stage=args.max_tokens_per_stage,
-            data_seed=args.data_seed)
+            data_seed=args.data_seed, label=label)
+
+    def messages(i: int) -> list:
+        url, text = questions[i]
+        image = decode_data_url(url, ImageLimits(), "bench")
+        return [ChatMessage("user", (ChatPart.of_image(image), ChatPart.of_text(text)))]
+
+    ours_runs: dict[int, list[Level]] = {c: [] for c in levels_wanted}
+    raw_runs: dict[int, list[Level]] = {c: [] for c in levels_wanted}
+
+    def tokens_per_request() -> float:
+        samples = [s for runs in ours_runs.values() for lvl in runs for s in lvl.samples]
+        return statistics.mean(s.candidate_tokens for s in samples) if samples else 4 * args.beam_width * args.max_tokens_per_stage
+
+    async def raw(i: int) -> Sample:
+        # The same candidate tokens per request as ours sampled so far, as plain sampling.
+        per_candidate = max(1, round(tokens_per_request() / args.beam_width))
+        prompt = engine.render(messages(i))
+        started = time.perf_counter()
+        generation = await engine.generate(
+            prompt, SamplingSettings(n=args.beam_width, max_tokens=per_candidate, temperature=config.temperature,
+                                     top_p=config.top_p, ignore_eos=True),
+            job_id=f"bench-raw-{i}")
+        return Sample(time.perf_counter() - started, None, sum(c.num_tokens for c in generation.candidates))
 
     try:
         # Warm-up through the server, whatever the modes: the first requests pay one-off costs.
         await drive(1, 0, warmup=4)
-        ours_levels = []
-        if "ours" in modes:
+        # ours and raw take turns, round after round: a slow spell of this shared machine then
+        # falls on both, instead of on whichever mode happened to run during it.
+        for round_ in range(args.rounds):
+            label = f" round {round_ + 1}/{args.rounds}" if args.rounds > 1 else ""
             for c in levels_wanted:
-                level = await drive(c, args.requests, warmup=0)
-                samples = [Sample(**sample) for sample in level["samples"]]
-                ours_levels.append(Level("ours", c, level["wall_s"], samples, level["failures"]))
-            results["modes"]["ours"] = _mode_result(ours_levels)
-        tokens_per_request = (statistics.mean(s.candidate_tokens for lvl in ours_levels for s in lvl.samples)
-                              if ours_levels else 4 * args.beam_width * args.max_tokens_per_stage)
-
-        def messages(i: int) -> list:
-            url, text = questions[i]
-            image = decode_data_url(url, ImageLimits(), "bench")
-            return [ChatMessage("user", (ChatPart.of_image(image), ChatPart.of_text(text)))]
+                if "ours" in modes:
+                    level = await drive(c, args.requests, warmup=0, label=label)
+                    samples = [Sample(**sample) for sample in level["samples"]]
+                    ours_runs[c].append(Level("ours", c, level["wall_s"], samples, level["failures"]))
+                if "raw" in modes:
+                    samples, failures, wall = await run_pool(args.requests, c, raw,
+                                                             Progress(f"raw c={c}{label}", args.requests))
+                    raw_runs[c].append(Level("raw", c, wall, samples, failures))
+        if "ours" in modes:
+            results["modes"]["ours"] = _mode_result([Level.merged(runs) for runs in ours_runs.values()])
 
         if "reference" in modes:
             async def reference(i: int) -> Sample:
@@ -147,22 +182,7 @@ async def bench(args: argparse.Namespace) -> dict:
             results["modes"]["reference"] = _mode_result([Level("reference", 1, wall, samples, failures)])
 
         if "raw" in modes:
-            per_candidate = max(1, round(tokens_per_request / args.beam_width))
-
-            async def raw(i: int) -> Sample:
-                prompt = engine.render(messages(i))
-                started = time.perf_counter()
-                generation = await engine.generate(
-                    prompt, SamplingSettings(n=args.beam_width, max_tokens=per_candidate, temperature=config.temperature,
-                                             top_p=config.top_p, ignore_eos=True),
-                    job_id=f"bench-raw-{i}")
-                return Sample(time.perf_counter() - started, None, sum(c.num_tokens for c in generation.candidates))
-
-            raw_levels = []
-            for c in levels_wanted:
-                samples, failures, wall = await run_pool(args.requests, c, raw, Progress(f"raw c={c}", args.requests))
-                raw_levels.append(Level("raw", c, wall, samples, failures))
-            results["modes"]["raw"] = _mode_result(raw_levels)
+            results["modes"]["raw"] = _mode_result([Level.merged(runs) for runs in raw_runs.values()])
     finally:
         if server is not None:
             server.should_exit = True
@@ -177,7 +197,8 @@ async def bench(args: argparse.Namespace) -> dict:
     if "ours" in rps and "raw" in rps and rps["raw"]:
         results["ratios"]["ours_vs_raw"] = rps["ours"] / rps["raw"]
     results["settings"] = {"beam_width": args.beam_width, "max_tokens_per_stage": args.max_tokens_per_stage,
-                           "requests": args.requests, "reference_requests": args.reference_requests,
+                           "requests": args.requests, "rounds": args.rounds,
+                           "reference_requests": args.reference_requests,
                            "concurrency": levels_wanted, "model": model, "url": args.url,
                            "judge": "logprob (ours), generative (reference)"}
     results["date"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
@@ -254,6 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--max-tokens-per-stage", type=int, default=48)
     group.add_argument("--requests", type=int, default=48, help="requests per concurrency level (ours, raw)")
     group.add_argument("--reference-requests", type=int, default=4, help="requests for the reference mode")
+    group.add_argument("--rounds", type=int, default=3,
+                       help="ours and raw take turns this many times; their figures pool all rounds")
     group.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic images and questions")
     group.add_argument("--url", help="benchmark a running server instead (ours mode only)")
     group.add_argument("--api-key", default=os.environ.get("LLAVA_O1_API_KEY"))

@@ -126,17 +126,18 @@ async def drive(args: argparse.Namespace) -> dict:
         if not args.requests:
             return {"wall_s": 0.0, "failures": 0, "samples": []}
         samples, failures, wall = await run_pool(args.requests, args.concurrency, ask,
-                                                 Progress(f"ours c={args.concurrency}", args.requests))
+                                                 Progress(f"ours c={args.concurrency}{args.label}", args.requests))
     return {"wall_s": wall, "failures": failures, "samples": [asdict(s) for s in samples]}
 
 
 async def drive_in_subprocess(*, base_url: str, model: str, api_key: str | None, concurrency: int, requests: int,
-                              warmup: int, beam_width: int, max_tokens_per_stage: int, data_seed: int) -> dict:
+                              warmup: int, beam_width: int, max_tokens_per_stage: int, data_seed: int,
+                              label: str = "") -> dict:
     """Run `drive` in a child process (its progress goes to our stderr) and return its result."""
     argv = [sys.executable, "-m", "server.bench_load", "--base-url", base_url, "--model", model,
             "--concurrency", str(concurrency), "--requests", str(requests), "--warmup", str(warmup),
             "--beam-width", str(beam_width), "--max-tokens-per-stage", str(max_tokens_per_stage),
-            "--data-seed", str(data_seed)]
+            "--data-seed", str(data_seed), "--label", label]
     env = None
     if api_key:
         import os
@@ -161,6 +162,7 @@ def main() -> int:
     parser.add_argument("--beam-width", type=int, required=True)
     parser.add_argument("--max-tokens-per-stage", type=int, required=True)
     parser.add_argument("--data-seed", type=int, default=0)
+    parser.add_argument("--label", default="", help="added to the progress line (e.g. the round)")
     args = parser.parse_args()
     args.api_key = os.environ.get("LLAVA_O1_BENCH_API_KEY")  # not on the command line, where ps shows it
     print(json.dumps(asyncio.run(drive(args))))

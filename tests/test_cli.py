@@ -62,11 +62,12 @@ def test_bench_runs_all_modes_and_writes_results_and_a_plot(cli_env, tmp_path):
 
     out = tmp_path / "bench"
     done = run(["bench", "--modes", "ours,reference,raw", "--concurrency", "1,2", "--beam-width", "2",
-                "--requests", "3", "--reference-requests", "1", "--max-tokens-per-stage", "6", "--out", str(out)],
+                "--requests", "3", "--rounds", "2", "--reference-requests", "1", "--max-tokens-per-stage", "6",
+                "--out", str(out)],
                cli_env, timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "| ours |" in done.stdout and "| reference |" in done.stdout and "| raw |" in done.stdout
-    assert "3/3 requests" in done.stderr  # progress
+    assert "ours c=2 round 2/2: 3/3 requests" in done.stderr  # progress
     results = json.loads((out / "results.json").read_text())
     for mode in ("ours", "reference", "raw"):
         figures = results["modes"][mode]
@@ -74,6 +75,9 @@ def test_bench_runs_all_modes_and_writes_results_and_a_plot(cli_env, tmp_path):
             assert figures[key] is not None and figures[key] >= 0, (mode, key)
         assert figures["failures"] == 0
     assert [level["concurrency"] for level in results["modes"]["ours"]["by_concurrency"]] == [1, 2]
+    for mode in ("ours", "raw"):  # two rounds of 3 requests per level, pooled
+        assert [level["requests"] for level in results["modes"][mode]["by_concurrency"]] == [6, 6]
+        assert all(len(level["rounds_requests_per_second"]) == 2 for level in results["modes"][mode]["by_concurrency"])
     assert results["modes"]["raw"]["candidate_tokens_per_request"] > 0
     assert set(results["ratios"]) == {"ours_vs_reference", "ours_vs_raw"}
     assert (out / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
