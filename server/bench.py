@@ -137,13 +137,14 @@ async def bench(args: argparse.Namespace) -> dict:
     ours_runs: dict[int, list[Level]] = {c: [] for c in levels_wanted}
     raw_runs: dict[int, list[Level]] = {c: [] for c in levels_wanted}
 
-    def tokens_per_request() -> float:
+    def raw_tokens_per_candidate() -> int:
+        """Raw samples as many candidate tokens per request as ours has so far (all rounds, levels)."""
         samples = [s for runs in ours_runs.values() for lvl in runs for s in lvl.samples]
-        return statistics.mean(s.candidate_tokens for s in samples) if samples else 4 * args.beam_width * args.max_tokens_per_stage
+        per_request = (statistics.mean(s.candidate_tokens for s in samples) if samples
+                       else 4 * args.beam_width * args.max_tokens_per_stage)
+        return max(1, round(per_request / args.beam_width))
 
-    async def raw(i: int) -> Sample:
-        # The same candidate tokens per request as ours sampled so far, as plain sampling.
-        per_candidate = max(1, round(tokens_per_request() / args.beam_width))
+    async def raw(i: int, per_candidate: int) -> Sample:
         prompt = engine.render(messages(i))
         started = time.perf_counter()
         generation = await engine.generate(
@@ -165,7 +166,8 @@ async def bench(args: argparse.Namespace) -> dict:
                     samples = [Sample(**sample) for sample in level["samples"]]
                     ours_runs[c].append(Level("ours", c, level["wall_s"], samples, level["failures"]))
                 if "raw" in modes:
-                    samples, failures, wall = await run_pool(args.requests, c, raw,
+                    per_candidate = raw_tokens_per_candidate()
+                    samples, failures, wall = await run_pool(args.requests, c, lambda i: raw(i, per_candidate),
                                                              Progress(f"raw c={c}{label}", args.requests))
                     raw_runs[c].append(Level("raw", c, wall, samples, failures))
         if "ours" in modes:
