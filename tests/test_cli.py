@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 
@@ -80,6 +81,11 @@ def test_bench_runs_all_modes_and_writes_results_and_a_plot(cli_env, tmp_path):
         assert all(len(level["rounds_requests_per_second"]) == 2 for level in results["modes"][mode]["by_concurrency"])
     assert results["modes"]["raw"]["candidate_tokens_per_request"] > 0
     assert set(results["ratios"]) == {"ours_vs_reference", "ours_vs_raw"}
+    by_round = results["ratios_by_round"]["ours_vs_raw"]  # one ratio per round, ours and raw paired
+    ours_rounds = results["modes"]["ours"]["rounds_requests_per_second"]
+    raw_rounds = results["modes"]["raw"]["rounds_requests_per_second"]
+    assert by_round == pytest.approx([o / r for o, r in zip(ours_rounds, raw_rounds)])
+    assert "ours vs raw: " in done.stdout and "(by round: " in done.stdout
     assert (out / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # Without --model the benchmark runs the random tiny model, built into the cache on first use.
     assert results["settings"]["model"] == "llava-o1-tiny"
