@@ -6,10 +6,12 @@ FROM python:3.11-slim
 
 ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 WORKDIR /app
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY models ./models
 COPY stage_search ./stage_search
 COPY server ./server
+COPY bench ./bench
+COPY training ./training
 RUN pip install ".[gpu]"
 
 EXPOSE 8000

@@ -7,7 +7,7 @@ STAMP := $(VENV)/.llava-o1-installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install tools serve test demo-model clean
+.PHONY: install tools serve test lint format demo-model clean
 
 install: $(STAMP)
 
@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -e '.[cpu,dev,bench]' > $(VENV)/install.log 2>&1 || { grep -v "is ignored:" $(VENV)/install.log; exit 1; }
 	$(PIP) uninstall -y torchvision torchaudio torchcodec >> $(VENV)/install.log 2>&1
-	$(PY) -c "import vllm, transformers, fastapi, models, server, stage_search; print('installed: vllm', vllm.__version__, '/ transformers', transformers.__version__)"
+	$(PY) -c "import vllm, transformers, fastapi, models, server, stage_search, bench, training; print('installed: vllm', vllm.__version__, '/ transformers', transformers.__version__)"
 	touch $(STAMP)
 
 # System tools the tests use: a real Prometheus server (Debian package) for the metrics test.
@@ -32,9 +32,20 @@ serve: install
 test: install tools
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# Lint, format check and type check; configured in pyproject.toml. CI runs it before the tests.
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+# Apply ruff's fixes and formatting.
+format: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
 # Rebuild models/demo from scratch (synthetic data, three training phases; about 32 minutes on 2 cores).
 demo-model: install
 	$(VENV)/bin/llava-o1 demo-model
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

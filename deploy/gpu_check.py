@@ -41,10 +41,10 @@ def build_engine(size: str):
     import torch
     from transformers import MllamaConfig, MllamaForConditionalGeneration
 
-    from models import tiny_mllama
     from models.chat_template import ChatTemplateRenderer
     from models.hf_engine import HfEngine
-    from models.tiny_model import build_tokenizer
+    from training import tiny_mllama
+    from training.tiny_model import build_tokenizer
 
     tokenizer = build_tokenizer(tiny_mllama.SPECIAL_TOKENS, tiny_mllama.CHAT_TEMPLATE, bos=tiny_mllama.BOS,
                                 eos=tiny_mllama.EOT, pad=tiny_mllama.PAD, image=tiny_mllama.IMAGE)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from models.engine import ChatMessage, Prompt
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase, ProcessorMixin
 
 
 class ChatTemplateRenderer:
@@ -15,8 +18,7 @@ class ChatTemplateRenderer:
     expands them exactly as the model was trained to see them.
     """
 
-    def __init__(self, processor: Any):
-        self._processor = processor
+    def __init__(self, processor: ProcessorMixin | PreTrainedTokenizerBase):
         tokenizer = getattr(processor, "tokenizer", processor)
         # Some repositories keep the template on the processor, others only on the tokenizer.
         if getattr(processor, "chat_template", None):
@@ -27,7 +29,7 @@ class ChatTemplateRenderer:
             raise ValueError("the model has no chat template (neither its processor nor its tokenizer)")
 
     @classmethod
-    def from_pretrained(cls, model: str, **kwargs: Any) -> "ChatTemplateRenderer":
+    def from_pretrained(cls, model: str, **kwargs: Any) -> ChatTemplateRenderer:
         from transformers import AutoProcessor
 
         return cls(AutoProcessor.from_pretrained(model, **kwargs))
@@ -38,20 +40,26 @@ class ChatTemplateRenderer:
             raise ValueError("at least one message is needed")
         conversation = [self._to_hf(m) for m in messages]
         images = tuple(p.image for m in messages if not isinstance(m.content, str) for p in m.content
-                       if p.type == "image")
+                       if p.image is not None)
         if assistant_prefix:
             conversation.append({"role": "assistant", "content": [{"type": "text", "text": assistant_prefix}]})
-            text = self._templater.apply_chat_template(
-                conversation, tokenize=False, add_generation_prompt=False, continue_final_message=True
-            )
+            text = self._apply(conversation, add_generation_prompt=False, continue_final_message=True)
             # transformers drops trailing whitespace of the continued message when the template
             # trims it; the search relies on the exact prefix, so put it back.
             stripped = assistant_prefix.rstrip()
             if text.endswith(stripped) and not text.endswith(assistant_prefix):
                 text += assistant_prefix[len(stripped):]
         else:
-            text = self._templater.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+            text = self._apply(conversation, add_generation_prompt=True)
         return Prompt(text=text, images=images)
+
+    def _apply(self, conversation: list[dict[str, Any]], *, add_generation_prompt: bool,
+               continue_final_message: bool = False) -> str:
+        text = self._templater.apply_chat_template(conversation, tokenize=False,
+                                                   add_generation_prompt=add_generation_prompt,
+                                                   continue_final_message=continue_final_message)
+        assert isinstance(text, str)  # tokenize=False: one conversation in, its text out
+        return text
 
     @staticmethod
     def _to_hf(message: ChatMessage) -> dict[str, Any]:

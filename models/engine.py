@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import abc
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
 
 FinishReason = Literal["stop", "length", "abort"]
 
@@ -29,14 +32,14 @@ class ChatPart:
 
     type: Literal["text", "image"]
     text: str = ""
-    image: Any = None
+    image: Image | None = None
 
     @classmethod
-    def of_text(cls, text: str) -> "ChatPart":
+    def of_text(cls, text: str) -> ChatPart:
         return cls(type="text", text=text)
 
     @classmethod
-    def of_image(cls, image: Any) -> "ChatPart":
+    def of_image(cls, image: Image) -> ChatPart:
         return cls(type="image", image=image)
 
 
@@ -56,7 +59,7 @@ class Prompt:
     """
 
     text: str
-    images: tuple[Any, ...] = ()
+    images: tuple[Image, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,7 @@ class SamplingSettings:
     # True: always sample max_tokens (end-of-turn does not stop); for exact token budgets.
     ignore_eos: bool = False
     # True: fill Candidate.cumulative_logprob. Off by default: vLLM then skips a per-token log-softmax
-    # and detokenised logprob record that nothing in the search reads (measured: ~15% request rate).
+    # and detokenised logprob record that nothing in the search reads (docs/benchmarks.md).
     logprobs: bool = False
 
 
@@ -131,7 +134,6 @@ class EngineStats:
     kv_cache_usage: float = 0.0  # 0..1
     prefix_cache_queries: int = 0  # tokens looked up in the prefix cache, since start
     prefix_cache_hits: int = 0  # tokens found there, since start
-    extra: dict[str, float] = field(default_factory=dict)
 
     @property
     def prefix_cache_hit_ratio(self) -> float:

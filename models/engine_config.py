@@ -8,13 +8,12 @@ here too. Only the defaults change, and only where the stock ones do not suit th
   * on a machine without a GPU, a fixed 1 GiB KV cache instead of vLLM's 92%-of-host-memory
     reservation, which fails at start-up on small machines, and KV blocks of 32 tokens instead of
     128: the prefix cache shares whole blocks only, and a search's prompts (candidates of a stage,
-    judge matches) differ from each other after a shared prefix of a few hundred tokens. Measured
-    with `llava-o1 bench`: 128 -> 32 cut the tokens the engine computes for `ours` by ~30% and its
-    wall time by ~18% (16 is refused by the CPU attention backend);
+    judge matches) differ from each other after a shared prefix of a few hundred tokens (16 is
+    refused by the CPU attention backend);
   * on an x86 CPU without native bfloat16 (no AVX512-BF16, no AMX), float32 instead of vLLM's
     "auto", which casts float32 checkpoints down to bfloat16 on every CPU: there torch runs
-    bfloat16 matrix products in an emulated AVX2 loop. Measured on a 2-core AVX2 machine with
-    `llava-o1 bench`: float32 doubled the request rate of every mode.
+    bfloat16 matrix products in an emulated AVX2 loop.
+What each of these was measured to gain: docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -23,7 +22,13 @@ import argparse
 import logging
 import os
 import platform
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    from models.command_parser import CommandParser
 
 log = logging.getLogger(__name__)
 
@@ -41,26 +46,46 @@ def has_gpu() -> bool:
         return False
 
 
-def add_engine_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add vLLM's engine flags to `parser`, with this server's defaults."""
+def add_engine_arguments(parser: CommandParser) -> CommandParser:
+    """Add vLLM's engine flags to `parser`, with this server's defaults. The command's own options
+    are those added before this call: its help lists them first."""
     from vllm.engine.arg_utils import AsyncEngineArgs
 
     from models.engine_factory import add_engine_choice
 
+    parser.begin_engine_flags()
     AsyncEngineArgs.add_cli_args(parser)
-    add_engine_choice(parser)
+    parser.add_own_action(add_engine_choice(parser))
     parser.set_defaults(model=None, enable_prefix_caching=True, scheduling_policy="priority")
     return parser
 
 
-def make_parser(prog: str = "llava-o1") -> argparse.ArgumentParser:
-    """A parser that understands vLLM's flag conventions (e.g. `--foo.bar`, `=` and config files)."""
-    from vllm.utils.argparse_utils import FlexibleArgumentParser
+def make_parser(prog: str, description: str | None = None, *, verbose_flag: bool = False) -> CommandParser:
+    """A parser for a command that takes vLLM's engine flags (models/command_parser.py). With
+    `verbose_flag`, -v shows vLLM's per-weight loading warnings (see parse_engine_command)."""
+    from models.command_parser import CommandParser
 
-    return FlexibleArgumentParser(prog=prog)
+    parser = CommandParser(prog, description)
+    if verbose_flag:
+        parser.add_argument("-v", "--verbose", action="store_true",
+                            help="show vLLM's per-weight loading warnings (quiet by default)")
+    return parser
 
 
-def engine_args_from(namespace: argparse.Namespace, model: str) -> Any:
+def parse_engine_command(build_parser: Callable[[], argparse.ArgumentParser], argv: Sequence[str]) -> argparse.Namespace:
+    """Parse the flags of a command whose stdout is its result (ask, eval, bench): vLLM logs to
+    stderr, warnings only, and its per-weight warnings are filtered out unless -v was given. Set
+    before vLLM is imported and before the engine starts; vLLM's processes inherit both."""
+    from models.vllm_log_filter import set_quiet
+
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    args = build_parser().parse_args(list(argv))
+    set_quiet(not args.verbose)
+    return args
+
+
+def engine_args_from(namespace: argparse.Namespace, model: str) -> AsyncEngineArgs:
     """Build `AsyncEngineArgs` from parsed flags for `model` (a local path or a hub id)."""
     from vllm.engine.arg_utils import AsyncEngineArgs
 
@@ -72,7 +97,7 @@ def engine_args_from(namespace: argparse.Namespace, model: str) -> Any:
     return engine_args
 
 
-def apply_cpu_defaults(engine_args: Any) -> None:
+def apply_cpu_defaults(engine_args: AsyncEngineArgs) -> None:
     """CPU defaults where the user chose nothing: KV cache size (flag or VLLM_CPU_KVCACHE_SPACE), block
     size, and float32 where the CPU has no native bfloat16."""
     if engine_args.kv_cache_memory_bytes is None and "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
@@ -99,9 +124,9 @@ def cpu_has_native_bf16(machine: str | None = None, features: dict[str, bool] | 
     return any(features.values())
 
 
-def engine_args_for(model: str, **overrides: Any) -> Any:
+def engine_args_for(model: str, **overrides: Any) -> AsyncEngineArgs:
     """Engine args for `model` with this server's defaults, without a command line (tests, scripts)."""
-    parser = add_engine_arguments(make_parser())
+    parser = add_engine_arguments(make_parser("llava-o1"))
     namespace = parser.parse_args([])
     for key, value in overrides.items():
         setattr(namespace, key, value)

@@ -1,5 +1,4 @@
-"""Starts the engine a command line asks for: vLLM or transformers (`--engine`), on the given model
-or the embedded one."""
+"""Starts the engine a command line asks for: vLLM or transformers (`--engine`), on `--model`."""
 
 from __future__ import annotations
 
@@ -10,27 +9,22 @@ from pathlib import Path
 
 from models.engine import Engine
 
-EMBEDDED_MODEL_NAME = "llava-o1-tiny"
 ENGINES = ("auto", "vllm", "hf")
 
 log = logging.getLogger(__name__)
 
 
-def add_engine_choice(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--engine", choices=ENGINES, default="auto",
+def add_engine_choice(parser: argparse.ArgumentParser) -> argparse.Action:
+    return parser.add_argument("--engine", choices=ENGINES, default="auto",
                         help="vllm, hf (transformers), or auto: vLLM when it is installed and runs the "
                              "model's architecture, else hf")
 
 
 def start_engine(args: argparse.Namespace) -> Engine:
-    """An engine for `args.model`; without one, the committed demo model (or, in a checkout
-    without it, the embedded tiny model, built once)."""
-    if args.model is None:
-        path, name = default_model()
-        args.served_model_name = args.served_model_name or [name]
-        model = path
-    else:
-        model = args.model
+    """An engine for `args.model` (a folder or a hub id; the commands fill in their default first)."""
+    model = args.model
+    if model is None:
+        raise ValueError("start_engine needs args.model")
     kind, reason = pick_engine(getattr(args, "engine", "auto"), model)
     log.warning("llava-o1: %s engine for %s (%s)", kind, model, reason)
     served = args.served_model_name[0] if args.served_model_name else None
@@ -43,22 +37,6 @@ def start_engine(args: argparse.Namespace) -> Engine:
     from models.vllm_engine import VllmEngine
 
     return VllmEngine.from_engine_args(engine_args_from(args, model))
-
-
-def default_model() -> tuple[str, str]:
-    """(path, served name) of the model used when none is given."""
-    from models.demo_model import DEMO_DIR, DEMO_MODEL_NAME
-
-    if (DEMO_DIR / "config.json").exists():
-        return str(DEMO_DIR), DEMO_MODEL_NAME
-    return embedded_model()
-
-
-def embedded_model() -> tuple[str, str]:
-    """(path, served name) of the embedded random-weight tiny model, built into the cache once."""
-    from models.tiny_model import ensure_default_model
-
-    return str(ensure_default_model()), EMBEDDED_MODEL_NAME
 
 
 def pick_engine(wanted: str, model: str) -> tuple[str, str]:

@@ -9,7 +9,7 @@ How it spends its forward passes:
   cache repeated for the N rows;
 - finished KV caches are kept (a small LRU keyed by image digests and token ids), so a prompt that
   starts like an earlier sequence (the next stage continues the winner; a judge match continues the
-  conversation) only encodes what is new;
+  conversation) only encodes what is new (models/hf_prefix_cache.py);
 - stop strings are checked on each row's newly decoded text only (models/hf_sequences.py);
 - a judge choice is one forward pass reading the options' probabilities.
 """
@@ -21,10 +21,10 @@ import itertools
 import logging
 import queue
 import threading
-from collections import OrderedDict, defaultdict
-from collections.abc import Sequence
+from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from models.chat_template import ChatTemplateRenderer
 from models.engine import (
@@ -40,19 +40,18 @@ from models.engine import (
     SamplingSettings,
 )
 from models.hf_batch import Batch, signature
+from models.hf_prefix_cache import PrefixCache
 from models.hf_sequences import Group
 from models.image_digest import image_digest
+from models.option_tokens import OptionTokens
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase, ProcessorMixin
 
 log = logging.getLogger(__name__)
 
-CACHE_ENTRIES = 32  # finished KV caches kept for prefix reuse
-
-
-@dataclass
-class _CacheEntry:
-    images: tuple[str, ...]
-    rows: list[list[int]]  # per row, the token ids whose keys and values the cache holds
-    cache: Any
+Result = Generation | ChoiceResult  # what a call delivers
 
 
 @dataclass(order=True)
@@ -60,19 +59,23 @@ class _Call:
     priority: int
     order: int
     job_id: str = field(compare=False)
-    start: Any = field(compare=False)  # runs in the engine loop: returns a result, or a Group to decode
-    deliver: Any = field(compare=False)  # deliver(result, error), from the engine loop
-    aborted: Any = field(compare=False)  # the result for a call aborted before it started
+    # Runs in the engine loop: returns a choice, or a Group to decode.
+    start: Callable[[], Group | ChoiceResult] = field(compare=False)
+    # deliver(result, error), from the engine loop.
+    deliver: Callable[[Result | None, BaseException | None], None] = field(compare=False)
+    # The result of a call aborted before it started; None: it raises CancelledError.
+    aborted: Callable[[], Result] | None = field(compare=False)
 
 
 class HfEngine(Engine):
     """Runs one model with transformers (`AutoModelForImageTextToText`, or a causal LM)."""
 
-    def __init__(self, model: Any, processor: Any, renderer: ChatTemplateRenderer, model_name: str,
+    def __init__(self, model: PreTrainedModel, processor: ProcessorMixin | PreTrainedTokenizerBase, renderer: ChatTemplateRenderer, model_name: str,
                  max_model_len: int):
         self._model = model
         self._processor = processor
-        self._tokenizer = getattr(processor, "tokenizer", processor)
+        # A text-only model's "processor" is its tokenizer.
+        self._tokenizer = cast("PreTrainedTokenizerBase", getattr(processor, "tokenizer", processor))
         self._renderer = renderer
         self.model_name = model_name
         self.max_model_len = max_model_len
@@ -82,26 +85,28 @@ class HfEngine(Engine):
         text_config = model.config.get_text_config()
         self._cross_attention_layers = set(getattr(text_config, "cross_attention_layers", None) or [])
         image_token = getattr(processor, "image_token", None)
-        self._image_token_ids = {self._tokenizer.convert_tokens_to_ids(image_token)} if image_token else set()
+        image_token_ids: set[int] = set()
+        if image_token:
+            image_token_id = self._tokenizer.convert_tokens_to_ids(image_token)
+            assert isinstance(image_token_id, int)  # one token in, one id out
+            image_token_ids.add(image_token_id)
+        self._options = OptionTokens(self._tokenizer)
         self._inbox: queue.Queue[_Call | None] = queue.Queue()
         self._order = itertools.count()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards what both the event loop and the engine loop change
         self._in_flight: dict[str, int] = defaultdict(int)  # job -> its calls queued or running
         self._cancelled: set[str] = set()  # jobs whose calls stop at the next token
-        self._cache: OrderedDict[int, _CacheEntry] = OrderedDict()
-        self._cache_ids = itertools.count()
-        self._running = 0
-        self._waiting = 0
+        self._queued_calls = 0  # submitted, not yet taken by the engine loop
+        self._decoding_calls = 0  # generate calls in the batch being decoded (engine loop only)
+        self._kept = PrefixCache(self._new_cache, self._cross_attention_layers, image_token_ids)
         self.decode_steps = 0  # forward passes of the shared batch (each feeds one token to every row)
-        self._queries = 0
-        self._hits = 0
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="hf-engine", daemon=True)
         self._thread.start()
 
     @classmethod
     def from_pretrained(cls, path: str, *, model_name: str | None = None, dtype: str = "auto",
-                        device: str | None = None, max_model_len: int | None = None) -> "HfEngine":
+                        device: str | None = None, max_model_len: int | None = None) -> HfEngine:
         """Load a model folder or hub id. bf16 on a GPU (spread with device_map="auto" over several),
         float32 on a CPU unless `dtype` says otherwise."""
         import torch
@@ -131,14 +136,16 @@ class HfEngine(Engine):
     async def generate(self, prompt: Prompt, settings: SamplingSettings, *, job_id: str,
                        priority: int = 0) -> Generation:
         aborted = lambda: Generation(tuple(Candidate("", 0, None, "abort") for _ in range(settings.n)), 0, 0)
-        return await self._submit(job_id, priority, lambda: self._start_group(prompt, settings, job_id), aborted)
+        result = await self._submit(job_id, priority, lambda: self._start_group(prompt, settings, job_id), aborted)
+        assert isinstance(result, Generation)
+        return result
 
     async def choose(self, prompt: Prompt, options: Sequence[str], *, job_id: str,
                      priority: int = 0) -> ChoiceResult:
-        if len(set(options)) < 2:
-            raise ValueError("choose needs at least two distinct options")
-        token_ids = [self._option_token_id(o) for o in options]
-        return await self._submit(job_id, priority, lambda: self._choose(prompt, list(options), token_ids), None)
+        token_ids = self._options.ids_of(options)
+        result = await self._submit(job_id, priority, lambda: self._choose(prompt, list(options), token_ids), None)
+        assert isinstance(result, ChoiceResult)
+        return result
 
     async def abort(self, job_id: str) -> None:
         with self._lock:
@@ -149,9 +156,14 @@ class HfEngine(Engine):
         return not self._closed and self._thread.is_alive()
 
     def stats(self) -> EngineStats:
-        return EngineStats(running_requests=self._running, waiting_requests=self._waiting,
-                           kv_cache_usage=len(self._cache) / CACHE_ENTRIES,
-                           prefix_cache_queries=self._queries, prefix_cache_hits=self._hits)
+        """Calls, not sequences: running = generate calls being decoded, waiting = calls not yet taken
+        by the engine loop. This engine has no fixed KV pool: its KV figure is the kept caches' LRU
+        fill, and its prefix-cache figures count prompt tokens looked up in and found there."""
+        with self._lock:
+            waiting = self._queued_calls
+        return EngineStats(running_requests=self._decoding_calls, waiting_requests=waiting,
+                           kv_cache_usage=len(self._kept) / self._kept.capacity,
+                           prefix_cache_queries=self._kept.queried_tokens, prefix_cache_hits=self._kept.hit_tokens)
 
     def num_unfinished_requests(self) -> int:
         with self._lock:
@@ -163,22 +175,23 @@ class HfEngine(Engine):
         self._closed = True
         self._inbox.put(None)
         await asyncio.to_thread(self._thread.join)
-        self._cache.clear()
+        self._kept.clear()
 
-    async def _submit(self, job_id: str, priority: int, start: Any, aborted: Any) -> Any:
+    async def _submit(self, job_id: str, priority: int, start: Callable[[], Group | ChoiceResult],
+                      aborted: Callable[[], Result] | None) -> Result:
         """Queue a call for the engine loop. `aborted()` gives the result of a call aborted before it
         started (a generation of "abort" candidates); None raises CancelledError instead."""
         if self._closed or not self._thread.is_alive():
             raise EngineError("the engine is not running")
         loop = asyncio.get_running_loop()
-        future = loop.create_future()
+        future: asyncio.Future[Result] = loop.create_future()
 
-        def deliver(result: Any, error: BaseException | None) -> None:
+        def deliver(result: Result | None, error: BaseException | None) -> None:
             loop.call_soon_threadsafe(_settle, future, result, error)
 
         with self._lock:
             self._in_flight[job_id] += 1
-        self._waiting += 1
+            self._queued_calls += 1
         self._inbox.put(_Call(priority, next(self._order), job_id, start, deliver, aborted))
         try:
             return await future
@@ -200,8 +213,9 @@ class HfEngine(Engine):
                 calls = self._take_calls(block=batch is None and not waiting)
                 if calls is None:
                     break
+                with self._lock:
+                    self._queued_calls -= len(calls)
                 for call in sorted(calls):
-                    self._waiting -= 1
                     group = self._start(call)
                     if group is not None:
                         waiting.append(group)
@@ -212,11 +226,11 @@ class HfEngine(Engine):
                     self._finish(group)
                 try:
                     batch, waiting = self._regroup(batch, waiting)
-                    self._running = len(batch.groups) if batch else 0
+                    self._decoding_calls = len(batch.groups) if batch else 0
                     if batch is None:
                         continue
                     self.decode_steps += 1
-                    for group, logits in zip(batch.groups, batch.step(self._model)):
+                    for group, logits in zip(batch.groups, batch.step(self._model), strict=True):
                         group.accept(logits)
                         self._check_abort(group)
                 except Exception as exc:  # a failed step fails the groups in it, not the engine
@@ -229,13 +243,14 @@ class HfEngine(Engine):
 
     def _take_calls(self, block: bool) -> list[_Call] | None:
         """New calls; waits for one when there is nothing else to do. None once shut down."""
-        calls = []
+        calls: list[_Call] = []
         try:
             call = self._inbox.get(timeout=0.5) if block else self._inbox.get_nowait()
             while True:
                 if call is None:  # shut down: calls that came in with it get an answer too
+                    with self._lock:
+                        self._queued_calls -= len(calls)
                     for pending in calls:
-                        self._waiting -= 1
                         self._settle_call(pending, None, EngineError("the engine was shut down"))
                     return None
                 calls.append(call)
@@ -284,13 +299,13 @@ class HfEngine(Engine):
 
     def _finish(self, group: Group) -> None:
         if group.cache is not None:
-            self._remember(group.prompt, group.fed, group.cache)
+            self._kept.remember(_digests(group.prompt), group.fed, group.cache)
         self._deliver(group, group.result(), None)
 
-    def _deliver(self, group: Group, result: Any, error: BaseException | None) -> None:
+    def _deliver(self, group: Group, result: Generation | None, error: BaseException | None) -> None:
         self._settle_call(group.call, result, error)
 
-    def _settle_call(self, call: _Call, result: Any, error: BaseException | None) -> None:
+    def _settle_call(self, call: _Call, result: Result | None, error: BaseException | None) -> None:
         # Bookkeeping first: a caller that resumes on the result must find its call gone.
         with self._lock:
             self._in_flight[call.job_id] -= 1
@@ -299,7 +314,7 @@ class HfEngine(Engine):
                 self._cancelled.discard(call.job_id)
         call.deliver(result, error)
 
-    def _new_cache(self) -> Any:
+    def _new_cache(self) -> DynamicCache:
         from transformers import DynamicCache
 
         return DynamicCache(config=self._model.config)
@@ -322,10 +337,10 @@ class HfEngine(Engine):
         import torch
 
         ids, logits, cache, _, cached = self._prefill(prompt, True)
-        self._remember(prompt, [ids], cache)
+        self._kept.remember(_digests(prompt), [ids], cache)
         logprobs = torch.log_softmax(logits[0].float(), dim=-1)[token_ids]
         probabilities = torch.softmax(logprobs, dim=-1).tolist()
-        return ChoiceResult(dict(zip(options, probabilities)), len(ids), cached)
+        return ChoiceResult(dict(zip(options, probabilities, strict=True)), len(ids), cached)
 
     def _prefill(self, prompt: Prompt, use_cache: bool):
         """Encode the prompt, reusing the longest kept cache it starts with. Returns (token ids,
@@ -341,12 +356,9 @@ class HfEngine(Engine):
             raise PromptTooLongError(f"the prompt is {len(ids)} tokens; this model takes at most "
                                      f"{self.max_model_len - 1} before the answer")
         extra = {k: v for k, v in inputs.items() if k == "cross_attention_mask"}
-        images = tuple(image_digest(image) for image in prompt.images)
-        self._queries += len(ids)
-        reuse = self._lookup(images, ids) if use_cache else None
+        reuse = self._kept.lookup(_digests(prompt), ids) if use_cache else None
         if reuse is not None:
             cache, common = reuse
-            self._hits += common
             tail = {"input_ids": inputs["input_ids"][:, common:]}
             if "cross_attention_mask" in inputs:
                 tail["cross_attention_mask"] = inputs["cross_attention_mask"][:, common:]
@@ -354,67 +366,21 @@ class HfEngine(Engine):
                               attention_mask=_ones(1, len(ids), self._device),
                               cache_position=_arange(common, len(ids), self._device))
             return ids, out.logits[:, -1, :], out.past_key_values, extra, common
-        from transformers import DynamicCache
-
-        out = self._model(**inputs, past_key_values=DynamicCache(config=self._model.config), use_cache=True)
+        out = self._model(**inputs, past_key_values=self._new_cache(), use_cache=True)
         return ids, out.logits[:, -1, :], out.past_key_values, extra, 0
 
-    # -- kept caches -----------------------------------------------------------------------------
-
-    def _remember(self, prompt: Prompt, rows: list[list[int]], cache: Any) -> None:
-        images = tuple(image_digest(image) for image in prompt.images)
-        self._cache[next(self._cache_ids)] = _CacheEntry(images, rows, cache)
-        while len(self._cache) > CACHE_ENTRIES:
-            self._cache.popitem(last=False)
-
-    def _lookup(self, images: tuple[str, ...], ids: list[int]) -> tuple[Any, int] | None:
-        """A private copy of the kept cache row sharing the longest prefix with `ids` (at least one
-        token short of the whole prompt, so the last position is computed and gives logits)."""
-        best, best_key, best_row = 0, None, 0
-        for key, entry in self._cache.items():
-            if entry.images != images:
-                continue
-            for r, row in enumerate(entry.rows):
-                common = _common_prefix(row, ids)
-                if common > best:
-                    best, best_key, best_row = common, key, r
-        best = min(best, len(ids) - 1)
-        if best_key is None or best < 1 or any(t in self._image_token_ids for t in ids[best:]):
-            return None  # an image's placeholder tokens in the new part need the pixels: encode it all
-        entry = self._cache[best_key]
-        self._cache.move_to_end(best_key)
-        # Copy only that row, and of self-attention layers only the shared prefix: cross-attention
-        # layers (Mllama) hold the image's keys and values, whose length is not the prompt's.
-        cache = self._new_cache()
-        for index, layer in enumerate(entry.cache.layers):
-            keys, values = layer.keys[best_row:best_row + 1], layer.values[best_row:best_row + 1]
-            if index not in self._cross_attention_layers:
-                keys, values = keys[..., :best, :], values[..., :best, :]
-            cache.update(keys.clone(), values.clone(), index)
-        return cache, best
-
     # -- helpers ---------------------------------------------------------------------------------
-
-    def _option_token_id(self, option: str) -> int:
-        ids = self._tokenizer.encode(option, add_special_tokens=False)
-        if len(ids) != 1:
-            raise ValueError(f"option {option!r} is {len(ids)} tokens for this model; choices must be one token")
-        return ids[0]
 
     def _pad_id(self) -> int:
         pad = self._tokenizer.pad_token_id
         return pad if pad is not None else next(iter(self._eos_ids))
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
+def _digests(prompt: Prompt) -> tuple[str, ...]:
+    return tuple(image_digest(image) for image in prompt.images)
 
 
-def _eos_ids(model: Any) -> set[int]:
+def _eos_ids(model: PreTrainedModel) -> set[int]:
     config = model.generation_config if getattr(model, "generation_config", None) else model.config
     eos = getattr(config, "eos_token_id", None)
     if eos is None:
@@ -422,22 +388,22 @@ def _eos_ids(model: Any) -> set[int]:
     return set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
 
 
-def _ones(batch: int, length: int, device: Any) -> Any:
+def _ones(batch: int, length: int, device: torch.device) -> torch.Tensor:
     import torch
 
     return torch.ones(batch, length, dtype=torch.long, device=device)
 
 
-def _arange(start: int, stop: int, device: Any) -> Any:
+def _arange(start: int, stop: int, device: torch.device) -> torch.Tensor:
     import torch
 
     return torch.arange(start, stop, device=device)
 
 
-def _settle(future: asyncio.Future, result: Any, error: BaseException | None) -> None:
+def _settle(future: asyncio.Future[Result], result: Result | None, error: BaseException | None) -> None:
     if future.done():
         return
-    if error is not None:
-        future.set_exception(error)
+    if error is not None or result is None:
+        future.set_exception(error or EngineError("the engine delivered no result"))
     else:
         future.set_result(result)

@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from models.engine import Candidate, Generation, SamplingSettings
+from models.engine import Candidate, FinishReason, Generation, Prompt, SamplingSettings
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import DynamicCache, PreTrainedTokenizerBase
 
 
 class IncrementalText:
     """Decodes one row's tokens as they come, looking only at a short window of recent tokens."""
 
-    def __init__(self, tokenizer: Any):
+    def __init__(self, tokenizer: PreTrainedTokenizerBase):
         self._tokenizer = tokenizer
         self.ids: list[int] = []
         self.text = ""
@@ -22,9 +26,8 @@ class IncrementalText:
 
     def add(self, token_id: int) -> str:
         self.ids.append(token_id)
-        decode = lambda ids: self._tokenizer.decode(ids, skip_special_tokens=True)
-        before = decode(self.ids[self._prefix:self._read])
-        after = decode(self.ids[self._prefix:])
+        before = self._decode(self.ids[self._prefix:self._read])
+        after = self._decode(self.ids[self._prefix:])
         if after.endswith("\ufffd"):  # an unfinished multi-byte character: wait for the rest
             return ""
         delta = after[len(before):]
@@ -32,25 +35,33 @@ class IncrementalText:
         self.text += delta
         return delta
 
+    def _decode(self, ids: list[int]) -> str:
+        text = self._tokenizer.decode(ids, skip_special_tokens=True)
+        assert isinstance(text, str)  # one sequence in, one string out
+        return text
+
 
 class Group:
     """The N rows of one generate call: what they wrote, why they ended, and the KV cache they own
     while they are not part of a batch (models/hf_batch.py)."""
 
-    def __init__(self, *, job_id: str, settings: SamplingSettings, prompt: Any, prompt_ids: list[int],
-                 cached_tokens: int, cache: Any, cross_mask: Any, tokenizer: Any, eos_ids: set[int], pad_id: int):
+    def __init__(self, *, job_id: str, settings: SamplingSettings, prompt: Prompt, prompt_ids: list[int],
+                 cached_tokens: int, cache: DynamicCache, cross_mask: torch.Tensor | None,
+                 tokenizer: PreTrainedTokenizerBase, eos_ids: set[int], pad_id: int):
         import torch
 
         n = settings.n
         self.job_id, self.settings, self.prompt = job_id, settings, prompt
         self.prompt_ids, self.cached_tokens = prompt_ids, cached_tokens
-        self.cache, self.length = cache, len(prompt_ids)  # tokens whose keys and values the cache holds
+        # The cache is the group's own while it is not in a batch (None while a Batch holds it).
+        self.cache: DynamicCache | None = cache
+        self.length = len(prompt_ids)  # tokens whose keys and values the cache holds
         # Mllama: every new token attends to the image as the prompt's last token did.
         self.cross_mask = None if cross_mask is None else cross_mask[:, -1:].expand(n, 1, *cross_mask.shape[2:])
-        self.call: Any = None  # the engine's record of the caller, for delivering the result
+        self.call: Any = None  # the engine's record of the caller (hf_engine._Call), for delivering the result
         self.signature: tuple = ()  # which groups it can share a batch with (models/hf_batch.py)
         self.rows = [IncrementalText(tokenizer) for _ in range(n)]
-        self.finish: list[str | None] = [None] * n
+        self.finish: list[FinishReason | None] = [None] * n
         self.stop_reason: list[str | None] = [None] * n
         self.logprob = [0.0] * n
         self.fed = [list(prompt_ids) for _ in range(n)]  # per row, the ids the cache holds keys for
@@ -69,10 +80,10 @@ class Group:
     def done(self) -> bool:
         return self.aborted or all(f is not None for f in self.finish)
 
-    def accept(self, logits: Any) -> None:
+    def accept(self, logits: torch.Tensor) -> None:
         """Sample one token per row from `logits` [n, V]; set the tokens to feed next."""
-        tokens, logprobs = sample(logits, self.settings, self.generator)
-        tokens, logprobs = tokens.tolist(), logprobs.tolist()
+        sampled, sampled_logprobs = sample(logits, self.settings, self.generator)
+        tokens, logprobs = sampled.tolist(), sampled_logprobs.tolist()
         for r in range(self.n):
             if self.finish[r] is None:
                 self._add(r, tokens[r], logprobs[r])
@@ -110,7 +121,8 @@ class Group:
             for r, row in enumerate(self.rows)), len(self.prompt_ids), self.cached_tokens)
 
 
-def sample(logits: Any, settings: SamplingSettings, generator: Any) -> tuple[Any, Any]:
+def sample(logits: torch.Tensor, settings: SamplingSettings,
+           generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """One token per row: greedy at temperature 0, else temperature and top-p sampling.
     Returns (tokens, their log-probabilities under the unmodified distribution)."""
     import torch

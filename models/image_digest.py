@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import weakref
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
 
 # id(image) -> digest, for as long as the image object lives (PIL images are unhashable, and a digest
 # kept in `image.info` would be copied onto converted images with other pixels).
 _digests: dict[int, str] = {}
 
 
-def image_digest(image: Any) -> str:
+def image_digest(image: Image) -> str:
     """A SHA-256 of a PIL image's mode, size and pixels, computed once per image object."""
     digest = _digests.get(id(image))
     if digest is None:

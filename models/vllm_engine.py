@@ -10,7 +10,7 @@ import logging
 import math
 from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 from models.chat_template import ChatTemplateRenderer
 from models.engine import (
@@ -20,6 +20,7 @@ from models.engine import (
     Engine,
     EngineError,
     EngineStats,
+    FinishReason,
     Generation,
     Prompt,
     PromptTooLongError,
@@ -27,7 +28,16 @@ from models.engine import (
     StreamDelta,
 )
 from models.image_digest import image_digest
+from models.option_tokens import OptionTokens
 from models.vllm_stats import VllmStatsCollector
+
+if TYPE_CHECKING:
+    from vllm import SamplingParams
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.inputs import TextPrompt
+    from vllm.outputs import CompletionOutput, RequestOutput
+    from vllm.sampling_params import RequestOutputKind
+    from vllm.v1.engine.async_llm import AsyncLLM
 
 log = logging.getLogger(__name__)
 
@@ -35,20 +45,19 @@ log = logging.getLogger(__name__)
 class VllmEngine(Engine):
     """Runs one model on vLLM's AsyncLLM; one engine request per `generate`/`choose` call."""
 
-    def __init__(self, llm: Any, renderer: ChatTemplateRenderer, stats: VllmStatsCollector, model_name: str):
+    def __init__(self, llm: AsyncLLM, renderer: ChatTemplateRenderer, stats: VllmStatsCollector, model_name: str):
         self._llm = llm
         self._renderer = renderer
         self._stats = stats
         self.model_name = model_name
         self.max_model_len = llm.model_config.max_model_len
-        self._tokenizer = llm.get_tokenizer()
+        self._options = OptionTokens(llm.get_tokenizer())
         self._ids = itertools.count()
         self._requests_by_job: dict[str, set[str]] = defaultdict(set)
-        self._option_ids: dict[str, int] = {}  # the judge asks for the same few options every match
         self._closed = False
 
     @classmethod
-    def from_engine_args(cls, engine_args: Any, model_name: str | None = None) -> "VllmEngine":
+    def from_engine_args(cls, engine_args: AsyncEngineArgs, model_name: str | None = None) -> VllmEngine:
         """Start AsyncLLM from vLLM's own `AsyncEngineArgs` (see models.engine_config)."""
         from vllm.v1.engine.async_llm import AsyncLLM
 
@@ -75,23 +84,13 @@ class VllmEngine(Engine):
         return self._renderer.render(messages, assistant_prefix)
 
     @staticmethod
-    def _engine_input(prompt: Prompt) -> dict[str, Any]:
-        engine_input: dict[str, Any] = {"prompt": prompt.text}
-        if prompt.images:
-            engine_input["multi_modal_data"] = {"image": list(prompt.images)}
-            # A search sends the same image with every candidate and judge request (28 per search at
-            # beam width 4); naming it by its digest spares vLLM from hashing its pixels each time.
-            engine_input["multi_modal_uuids"] = {"image": [image_digest(image) for image in prompt.images]}
-        return engine_input
-
-    def option_token_id(self, option: str) -> int:
-        """The id of an option that must encode to exactly one token."""
-        if option not in self._option_ids:
-            ids = self._tokenizer.encode(option, add_special_tokens=False)
-            if len(ids) != 1:
-                raise ValueError(f"option {option!r} is {len(ids)} tokens for this model; choices must be one token")
-            self._option_ids[option] = ids[0]
-        return self._option_ids[option]
+    def _engine_input(prompt: Prompt) -> TextPrompt:
+        if not prompt.images:
+            return {"prompt": prompt.text}
+        # A search sends the same image with every candidate and judge request (28 per search at
+        # beam width 4); naming it by its digest spares vLLM from hashing its pixels each time.
+        return {"prompt": prompt.text, "multi_modal_data": {"image": list(prompt.images)},
+                "multi_modal_uuids": {"image": [image_digest(image) for image in prompt.images]}}
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -106,10 +105,7 @@ class VllmEngine(Engine):
         if copies > 1:
             settings = dataclasses.replace(settings, n=1)
         # Only the final output: the cumulative kind streams one completion at a time for n > 1.
-        params = _sampling_params(settings, RequestOutputKind.FINAL_ONLY)
-        final = None
-        async for final in self._run(prompt, params, job_id, priority):
-            pass
+        final = await self._final(prompt, _sampling_params(settings, RequestOutputKind.FINAL_ONLY), job_id, priority)
         candidates = tuple(_candidate(c) for c in sorted(final.outputs, key=lambda c: c.index))
         return Generation(candidates * copies, _prompt_tokens(final), final.num_cached_tokens or 0)
 
@@ -138,9 +134,7 @@ class VllmEngine(Engine):
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
-        if len(set(options)) < 2:
-            raise ValueError("choose needs at least two distinct options")
-        token_ids = [self.option_token_id(o) for o in options]
+        token_ids = self._options.ids_of(options)
         params = SamplingParams(
             n=1,
             max_tokens=1,
@@ -150,18 +144,25 @@ class VllmEngine(Engine):
             logprob_token_ids=token_ids,
             output_kind=RequestOutputKind.FINAL_ONLY,
         )
-        output = None
-        async for output in self._run(prompt, params, job_id, priority):
-            pass
+        output = await self._final(prompt, params, job_id, priority)
         completion = output.outputs[0]
         if completion.finish_reason == "abort" or not completion.logprobs:
             raise asyncio.CancelledError(f"choice for job {job_id} was aborted")
         step = completion.logprobs[0]
         logprobs = [step[t].logprob if t in step else -math.inf for t in token_ids]
-        return ChoiceResult(dict(zip(options, _softmax(logprobs))), _prompt_tokens(output),
+        return ChoiceResult(dict(zip(options, _softmax(logprobs), strict=True)), _prompt_tokens(output),
                             output.num_cached_tokens or 0)
 
-    async def _run(self, prompt: Prompt, params: Any, job_id: str, priority: int) -> AsyncIterator[Any]:
+    async def _final(self, prompt: Prompt, params: SamplingParams, job_id: str, priority: int) -> RequestOutput:
+        """The last output of one engine request (with FINAL_ONLY, its only one)."""
+        final = None
+        async for output in self._run(prompt, params, job_id, priority):
+            final = output
+        assert final is not None  # _run raises when the engine returned nothing
+        return final
+
+    async def _run(self, prompt: Prompt, params: SamplingParams, job_id: str,
+                   priority: int) -> AsyncIterator[RequestOutput]:
         """One engine request, yielding vLLM's RequestOutputs; errors mapped to the contract's."""
         from vllm.exceptions import VLLMValidationError
         from vllm.v1.engine.exceptions import EngineDeadError
@@ -225,12 +226,12 @@ class VllmEngine(Engine):
             self._closed = True
             self._llm.shutdown()
             # AsyncLLM.__del__ shuts down again; let that run now rather than at interpreter
-            # teardown, where it fails noisily on already-cleared globals.
-            self._llm = None
+            # teardown, where it fails noisily on already-cleared globals. Every use checks _closed.
+            del self._llm
             gc.collect()
 
 
-def _sampling_params(settings: SamplingSettings, output_kind: Any) -> Any:
+def _sampling_params(settings: SamplingSettings, output_kind: RequestOutputKind) -> SamplingParams:
     from vllm import SamplingParams
 
     return SamplingParams(
@@ -247,7 +248,7 @@ def _sampling_params(settings: SamplingSettings, output_kind: Any) -> Any:
     )
 
 
-def _candidate(completion: Any) -> Candidate:
+def _candidate(completion: CompletionOutput) -> Candidate:
     return Candidate(
         text=completion.text,
         num_tokens=len(completion.token_ids),
@@ -257,12 +258,14 @@ def _candidate(completion: Any) -> Candidate:
     )
 
 
-def _finish_reason(reason: str | None) -> str:
+def _finish_reason(reason: str | None) -> FinishReason:
     # vLLM says "stop" for both a stop string and end-of-turn, "length" at max_tokens, "abort" if aborted.
-    return reason if reason in ("stop", "length", "abort") else "abort"
+    if reason == "stop":
+        return "stop"
+    return "length" if reason == "length" else "abort"
 
 
-def _prompt_tokens(output: Any) -> int:
+def _prompt_tokens(output: RequestOutput) -> int:
     return len(output.prompt_token_ids or ())
 
 

@@ -22,7 +22,12 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +60,14 @@ def register() -> None:
     patch_model_runner(GPUModelRunner)
 
 
-def patch_model_runner(runner_cls: Any) -> None:
+def patch_model_runner(runner_cls: type[GPUModelRunner]) -> None:
     """Wrap `runner_cls._bookkeeping_sync` so CPU generators of discarded rows are never rewound."""
     original = runner_cls._bookkeeping_sync
     if getattr(original, _MARK, False):
         return
 
     @functools.wraps(original)
-    def _bookkeeping_sync(self: Any, *args: Any, **kwargs: Any) -> Any:
+    def _bookkeeping_sync(self: GPUModelRunner, *args: Any, **kwargs: Any) -> Any:
         held = hold_cpu_generators(self.input_batch.generators,
                                    self.discard_request_mask.np[: self.input_batch.num_reqs])
         try:
@@ -71,11 +76,12 @@ def patch_model_runner(runner_cls: Any) -> None:
             self.input_batch.generators.update(held)
 
     setattr(_bookkeeping_sync, _MARK, True)
-    runner_cls._bookkeeping_sync = _bookkeeping_sync
+    runner_cls._bookkeeping_sync = _bookkeeping_sync  # type: ignore[method-assign]  # the patch itself
     log.debug("llava-o1: patched %s for the CPU seed rewind bug", runner_cls.__name__)
 
 
-def hold_cpu_generators(generators: dict[int, Any], discard_mask: Any) -> dict[int, Any]:
+def hold_cpu_generators(generators: dict[int, torch.Generator],
+                        discard_mask: np.ndarray) -> dict[int, torch.Generator]:
     """Remove and return the CPU generators of rows whose sampled token is discarded this step."""
     held = {}
     for row, discarded in enumerate(discard_mask):

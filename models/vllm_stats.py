@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from vllm.config import VllmConfig
+    from vllm.v1.metrics.loggers import StatLoggerBase
+    from vllm.v1.metrics.stats import IterationStats, SchedulerStats
 
 from models.engine import EngineStats
 
@@ -19,17 +24,18 @@ class VllmStatsCollector:
         self._queries = 0
         self._hits = 0
 
-    def factory(self, vllm_config: Any, engine_index: int = 0) -> Any:
+    def factory(self, vllm_config: VllmConfig, engine_index: int = 0) -> StatLoggerBase:
         """A `StatLoggerFactory` for `AsyncLLM(stat_loggers=[...])`."""
         from vllm.v1.metrics.loggers import StatLoggerBase
 
         collector = self
 
         class _Logger(StatLoggerBase):
-            def __init__(self, vllm_config: Any, engine_index: int = 0):
+            def __init__(self, vllm_config: VllmConfig, engine_index: int = 0):
                 pass
 
-            def record(self, scheduler_stats: Any, iteration_stats: Any, mm_cache_stats: Any = None,
+            def record(self, scheduler_stats: SchedulerStats | None, iteration_stats: IterationStats | None,
+                       mm_cache_stats: Any = None,
                        engine_idx: int = 0) -> None:
                 if scheduler_stats is not None:
                     collector._record(scheduler_stats)
@@ -39,7 +45,7 @@ class VllmStatsCollector:
 
         return _Logger(vllm_config, engine_index)
 
-    def _record(self, scheduler_stats: Any) -> None:
+    def _record(self, scheduler_stats: SchedulerStats) -> None:
         prefix = scheduler_stats.prefix_cache_stats
         with self._lock:
             self._running = scheduler_stats.num_running_reqs

@@ -22,7 +22,6 @@ class AdmissionController:
         self.max_queue = max_queue
         self.active = 0
         self.queued = 0
-        self.rejected = 0
         self._slots = asyncio.Semaphore(max_concurrent)
         self._on_change = on_change or (lambda active, queued: None)
 
@@ -40,7 +39,6 @@ class AdmissionController:
     async def slot(self) -> AsyncIterator[None]:
         """Hold a search slot for the duration of the block; wait in the queue or be refused (429)."""
         if self.active >= self.max_concurrent and self.queued >= self.max_queue:
-            self.rejected += 1
             raise APIError(429, "the server is at capacity; retry later", code="server_overloaded",
                            headers={"Retry-After": str(self.retry_after_s())})
         self.queued += 1

@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import json
 import logging
-import os
 import sys
 from collections.abc import Sequence
 
@@ -15,8 +14,8 @@ def build_parser() -> argparse.ArgumentParser:
     from models.engine_config import add_engine_arguments, make_parser
     from server.search_flags import add_search_arguments
 
-    parser = make_parser("llava-o1 ask")
-    parser.description = "Answer one question about an image with stage-level search."
+    parser = make_parser("llava-o1 ask", "Answer one question about an image with stage-level search.",
+                         verbose_flag=True)
     ask = parser.add_argument_group("question")
     ask.add_argument("--image", required=True, help="path of the image file")
     ask.add_argument("--question", required=True, help="the question about the image")
@@ -27,12 +26,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def ask(argv: Sequence[str]) -> int:
-    # stdout carries the answer (or the JSON): vLLM's logs go to stderr, and only warnings. Set
-    # before vLLM is imported (the parser imports it); its worker processes inherit the setting.
-    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    from models.engine_config import parse_engine_command
+
+    # stdout carries the answer (or the JSON); logs go to stderr.
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    args = build_parser().parse_args(list(argv))
+    args = parse_engine_command(build_parser, argv)
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -47,11 +45,13 @@ def ask(argv: Sequence[str]) -> int:
 async def _ask(args: argparse.Namespace, image) -> int:
     from models.engine import ChatMessage, ChatPart
     from models.engine_factory import start_engine
+    from server.default_model import use_default_model
     from server.search_flags import search_config_from
     from stage_search.events import StageDecided
     from stage_search.search import run_search
 
     config = search_config_from(args)
+    use_default_model(args)
     engine = start_engine(args)
 
     def show(event) -> None:

@@ -9,21 +9,26 @@ Streamed pieces, joined, equal the whole: the same rules run in both paths.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
+from server.schemas import ResponseMessage
 from stage_search.events import SearchEvent, StageDecided, StageDelta, StageStarted
 from stage_search.stages import STAGE_SEPARATOR, StageSet
 from stage_search.trace import SearchResult
+
+MessageField = Literal["content", "reasoning_content"]
+
 
 @dataclass(frozen=True)
 class Piece:
     """Text for one message field, belonging to one stage."""
 
-    field: str  # "content" or "reasoning_content"
+    field: MessageField
     text: str
     stage: str
 
 
-def whole_message(result: SearchResult, stages: StageSet, output: str) -> dict[str, str | None]:
+def whole_message(result: SearchResult, stages: StageSet, output: str) -> ResponseMessage:
     writer = StageTextWriter(stages, output)
     fields: dict[str, str] = {"content": "", "reasoning_content": ""}
     for stage in stages:
@@ -31,7 +36,7 @@ def whole_message(result: SearchResult, stages: StageSet, output: str) -> dict[s
                                                                           result.stage_text(stage.name))):
             for piece in writer.pieces(event):
                 fields[piece.field] += piece.text
-    return {"content": fields["content"], "reasoning_content": fields["reasoning_content"] or None}
+    return ResponseMessage(content=fields["content"], reasoning_content=fields["reasoning_content"] or None)
 
 
 class StageTextWriter:
@@ -43,7 +48,7 @@ class StageTextWriter:
         self._raw: dict[str, str] = {}
         self._shown: dict[str, int] = {}
 
-    def _field(self, index: int) -> str:
+    def _field(self, index: int) -> MessageField:
         return "content" if self._tagged or index == len(self._stages) - 1 else "reasoning_content"
 
     def _visible(self, raw: str) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 import uuid
@@ -12,17 +11,28 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from starlette.background import BackgroundTask
 
-from models.engine import EngineError, PromptTooLongError
 from server.auth import require_api_key
 from server.chat_output import StageTextWriter, whole_message
 from server.chat_request import ChatJob, to_chat_job
-from server.errors import APIError, error_body
-from server.schemas import ChatCompletion, ChatCompletionRequest
+from server.errors import INTERNAL_ERROR, APIError, search_error
+from server.metrics import outcome_of
+from server.schemas import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    Choice,
+    ChunkChoice,
+    ChunkDelta,
+    PromptTokensDetails,
+    ReasoningInfo,
+    Usage,
+)
+from server.sse import SSE_DONE, sse_event
 from server.state import ServerState, get_state
-from stage_search.events import SearchFinished, StageDecided
+from stage_search.events import SearchEvent, SearchFinished, StageDecided
 from stage_search.search import run_search, stream_search
 from stage_search.trace import SearchResult
 
@@ -55,15 +65,13 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, state:
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         async with slot, asyncio.timeout_at(deadline):
             result = await _search_until_disconnect(state, job, completion_id, request)
-    except TimeoutError as exc:
+    except Exception as exc:
         await slot.aclose()
-        raise _deadline_error(job) from exc
-    return JSONResponse(_completion(state, job, completion_id, result))
-
-
-def _deadline_error(job: ChatJob) -> APIError:
-    return APIError(504, f"the request did not finish within its deadline of {job.timeout_s:g} s; "
-                         "its search was stopped", code="timeout")
+        error = search_error(exc, job.timeout_s)
+        if error is None:
+            raise
+        raise error from exc
+    return Response(_completion(state, job, completion_id, result).model_dump_json(), media_type="application/json")
 
 
 class _FirstStageClock:
@@ -73,7 +81,7 @@ class _FirstStageClock:
         self._started = getattr(request.state, "started", time.perf_counter())
         self.seconds: float | None = None
 
-    def __call__(self, event) -> None:
+    def __call__(self, event: SearchEvent) -> None:
         if self.seconds is None and isinstance(event, StageDecided):
             self.seconds = time.perf_counter() - self._started
 
@@ -86,7 +94,7 @@ async def _search_until_disconnect(state: ServerState, job: ChatJob, job_id: str
         while True:
             done, _ = await asyncio.wait({search}, timeout=DISCONNECT_POLL_S)
             if done:
-                result = _search_result(search)
+                result = search.result()
                 state.metrics.record_search(result, clock.seconds)
                 return result
             if await request.is_disconnected():
@@ -99,40 +107,24 @@ async def _search_until_disconnect(state: ServerState, job: ChatJob, job_id: str
                 await search
 
 
-def _search_result(search: asyncio.Task) -> SearchResult:
-    try:
-        return search.result()
-    except PromptTooLongError as exc:
-        raise APIError(400, str(exc), param="messages", code="context_length_exceeded") from exc
-    except EngineError as exc:
-        raise APIError(503, f"the engine is unavailable: {exc}", code="engine_unavailable") from exc
-
-
-def _usage(result: SearchResult) -> dict:
+def _usage(result: SearchResult) -> Usage:
     u = result.usage
-    return {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
-            "total_tokens": u.prompt_tokens + u.completion_tokens, "judge_tokens": u.judge_tokens,
-            "prompt_tokens_details": {"cached_tokens": u.cached_tokens}}
+    return Usage(prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens,
+                 total_tokens=u.prompt_tokens + u.completion_tokens, judge_tokens=u.judge_tokens,
+                 prompt_tokens_details=PromptTokensDetails(cached_tokens=u.cached_tokens))
 
 
-def _reasoning(job: ChatJob, result: SearchResult) -> dict:
-    info = {"strategy": job.config.strategy, "beam_width": job.config.beam_width, "judge": job.config.judge,
-            "debias": job.config.debias}
-    if job.trace:
-        info["trace"] = result.to_dict()
-    return info
+def _reasoning(job: ChatJob, result: SearchResult) -> ReasoningInfo:
+    return ReasoningInfo(strategy=job.config.strategy, beam_width=job.config.beam_width, judge=job.config.judge,
+                         debias=job.config.debias, trace=result.to_dict() if job.trace else None)
 
 
-def _completion(state: ServerState, job: ChatJob, completion_id: str, result: SearchResult) -> dict:
+def _completion(state: ServerState, job: ChatJob, completion_id: str, result: SearchResult) -> ChatCompletion:
     message = whole_message(result, job.config.stages, job.output)
-    return {
-        "id": completion_id, "object": "chat.completion", "created": int(time.time()),
-        "model": state.model_names[0],
-        "choices": [{"index": 0, "message": {"role": "assistant", **message},
-                     "finish_reason": result.finish_reason}],
-        "usage": _usage(result),
-        "reasoning": _reasoning(job, result),
-    }
+    return ChatCompletion(
+        id=completion_id, created=int(time.time()), model=state.model_names[0],
+        choices=[Choice(message=message, finish_reason=result.finish_reason)],
+        usage=_usage(result), reasoning=_reasoning(job, result))
 
 
 async def _sse(state: ServerState, job: ChatJob, completion_id: str, request: Request,
@@ -143,43 +135,36 @@ async def _sse(state: ServerState, job: ChatJob, completion_id: str, request: Re
     created = int(time.time())
     model = state.model_names[0]
 
-    def chunk(delta: dict, finish_reason: str | None = None, **extra) -> str:
-        body = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}], **extra}
-        return f"data: {json.dumps(body)}\n\n"
+    def chunk(choices: list[ChunkChoice], **extensions) -> str:
+        return sse_event(ChatCompletionChunk(id=completion_id, created=created, model=model, choices=choices,
+                                             **extensions))
 
     writer = StageTextWriter(job.config.stages, job.output)
     clock = _FirstStageClock(request)
-    yield chunk({"role": "assistant", "content": ""})
+    yield chunk([ChunkChoice(delta=ChunkDelta(role="assistant", content=""))])
     try:
         async with slot, asyncio.timeout_at(deadline):
             async for event in stream_search(state.engine, job.messages, job.config, job_id=completion_id):
                 clock(event)
                 for piece in writer.pieces(event):
-                    yield chunk({piece.field: piece.text, "stage": piece.stage})
+                    delta = (ChunkDelta(stage=piece.stage, content=piece.text) if piece.field == "content"
+                             else ChunkDelta(stage=piece.stage, reasoning_content=piece.text))
+                    yield chunk([ChunkChoice(delta=delta)])
                 if isinstance(event, SearchFinished):
                     result = event.result
         state.metrics.record_search(result, clock.seconds)
-        yield chunk({}, result.finish_reason, reasoning=_reasoning(job, result))
+        yield chunk([ChunkChoice(delta=ChunkDelta(), finish_reason=result.finish_reason)],
+                    reasoning=_reasoning(job, result))
         if job.include_usage:
-            body = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
-                    "choices": [], "usage": _usage(result)}
-            yield f"data: {json.dumps(body)}\n\n"
-    except TimeoutError:
-        request.state.outcome = "timeout"
-        error = _deadline_error(job)
-        yield f"data: {json.dumps(error_body(504, error.message, None, error.code))}\n\n"
-    except PromptTooLongError as exc:
-        request.state.outcome = "client_error"
-        yield f"data: {json.dumps(error_body(400, str(exc), 'messages', 'context_length_exceeded'))}\n\n"
-    except EngineError as exc:
-        request.state.outcome = "server_error"
-        yield f"data: {json.dumps(error_body(503, f'the engine is unavailable: {exc}', None, 'engine_unavailable'))}\n\n"
+            yield chunk([], usage=_usage(result))
     except (asyncio.CancelledError, GeneratorExit):
         request.state.outcome = "cancelled"  # the client went away mid-stream
         raise
-    except Exception:  # the stream has started: report in-band rather than cut the connection
-        request.state.outcome = "server_error"
-        log.exception("search %s failed while streaming", completion_id)
-        yield f"data: {json.dumps(error_body(500, 'internal server error', None, 'internal_error'))}\n\n"
-    yield "data: [DONE]\n\n"
+    except Exception as exc:  # the stream has started: report in-band rather than cut the connection
+        error = search_error(exc, job.timeout_s)
+        if error is None:
+            log.exception("search %s failed while streaming", completion_id)
+            error = INTERNAL_ERROR
+        request.state.outcome = outcome_of(error.status)
+        yield sse_event(error.body())
+    yield SSE_DONE

@@ -1,152 +1,34 @@
-"""The `llava-o1` command: one subcommand per verb, each with its own parser.
+"""The `llava-o1` command: one subcommand per verb, each with its own parser, in its own module.
 
-Subcommands are dispatched before any heavy import, so `llava-o1 tiny-model` does not pay for
-importing vLLM; only `serve` builds vLLM's engine-flag parser.
+Subcommands are looked up by name and imported only when run, so `llava-o1 tiny-model` does not
+pay for importing vLLM. The benchmark and training commands live in `bench/` and `training/`;
+this table is the one place the command line reaches into them.
 """
 
 from __future__ import annotations
 
-import argparse
+import importlib
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
-USAGE = """usage: llava-o1 COMMAND [options]
-
-commands:
-  serve        start the inference server (engine flags as in `vllm serve`)
-  ask          answer one question about an image, without a server
-  bench        measure throughput and latency against the published procedure and the engine
-  tiny-model   build the embedded tiny vision-language model into a folder
-  synth-data   write synthetic shape questions with four-stage answers (LLaVA-o1-100k format)
-  train        fine-tune a model on such records (loss on the answers only)
-  eval         score a search strategy on records with known answers
-  demo-model   rebuild the demo model from scratch (synthetic data, then training)
-
-`llava-o1 COMMAND --help` describes a command's options.
-"""
-
-
-def tiny_model_command(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="llava-o1 tiny-model",
-        description="Build a tiny random-weight vision-language model (deterministic) into OUT_DIR.",
-    )
-    parser.add_argument("out_dir", metavar="OUT_DIR", help="folder to write the model to")
-    parser.add_argument("--arch", choices=("idefics3", "mllama"), default="idefics3",
-                        help="idefics3 (the embedded model; runs on vLLM) or mllama (Llama-3.2-Vision's "
-                             "architecture; runs on the hf engine)")
-    args = parser.parse_args(argv)
-    if args.arch == "mllama":
-        from models.tiny_mllama import build_tiny_mllama as build
-    else:
-        from models.tiny_model import build_tiny_model as build
-    path = build(args.out_dir)
-    print(f"tiny {args.arch} model written to {path}")
-    return 0
-
-
-def synth_data_command(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="llava-o1 synth-data",
-        description="Render shape scenes and write questions with four-stage answers: OUT/images/*.png, "
-                    "OUT/train.jsonl and OUT/test.jsonl (LLaVA-o1-100k record format). Deterministic per seed.",
-    )
-    parser.add_argument("--out", required=True, help="folder to write to")
-    parser.add_argument("--n", type=int, default=1000, help="number of records (default 1000)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--test-fraction", type=float, default=0.1, help="share of records in test.jsonl")
-    args = parser.parse_args(argv)
-    if args.n < 1 or not 0.0 <= args.test_fraction < 1.0:
-        parser.error("--n must be at least 1 and --test-fraction in [0, 1)")
-    from models.synthetic_data import write_dataset
-
-    sizes = write_dataset(args.out, args.n, args.seed, args.test_fraction)
-    print(f"{sizes['train']} train and {sizes['test']} test records written to {args.out}")
-    return 0
-
-
-def train_command(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="llava-o1 train",
-        description="Supervised fine-tuning on LLaVA-o1-100k-format records, loss on the assistant's tokens only. "
-                    "Writes the model to OUT, checkpoints to OUT/checkpoint-STEP.",
-    )
-    parser.add_argument("--model", help="model folder to start from (default: the embedded tiny model)")
-    parser.add_argument("--data", required=True, help="a .jsonl file of records (e.g. from synth-data)")
-    parser.add_argument("--out", required=True, help="folder for the trained model and its checkpoints")
-    parser.add_argument("--steps", type=int, help="stop after this many steps (counted from the start, across resumes)")
-    parser.add_argument("--max-minutes", type=float, help="stop after this many minutes of this run")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--save-every", type=int, default=100, help="checkpoint every N steps (0: never)")
-    parser.add_argument("--resume", action="store_true", help="go on from OUT's latest checkpoint")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    if args.steps is None and args.max_minutes is None:
-        parser.error("give --steps, --max-minutes, or both")
-    from models.tiny_model import ensure_default_model
-    from models.train import train
-
-    summary = train(args.model or str(ensure_default_model()), args.data, args.out, steps=args.steps,
-                    max_minutes=args.max_minutes, batch_size=args.batch_size, lr=args.lr,
-                    save_every=args.save_every, resume=args.resume, seed=args.seed)
-    print(f"trained to step {summary['steps']}: loss {summary['first_loss']:.3f} -> {summary['last_loss']:.3f}; "
-          f"model written to {args.out}")
-    return 0
-
-
-def eval_command(argv: Sequence[str]) -> int:
-    from server.evaluate import main as eval_main
-
-    return eval_main(argv)
-
-
-def demo_model_command(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="llava-o1 demo-model",
-        description="Rebuild the demo model: synthetic shape questions from a fixed seed, a random tiny base, "
-                    "then training in five phases (about 60 minutes on 2 CPU cores).",
-    )
-    from models.demo_model import DEMO_DIR, build_demo_model
-
-    parser.add_argument("--out", default=str(DEMO_DIR), help=f"where to write it (default: {DEMO_DIR})")
-    parser.add_argument("--steps-per-phase", type=int, default=100_000,
-                        help="step cap per phase; each phase otherwise ends on its time budget")
-    args = parser.parse_args(argv)
-    summary = build_demo_model(args.out, steps_per_phase=args.steps_per_phase)
-    last = summary["phases"][-1]
-    print(f"demo model written to {args.out}: loss {last['first_loss']:.3f} -> {last['last_loss']:.3f} in its last phase")
-    return 0
-
-
-def serve_command(argv: Sequence[str]) -> int:
-    from server.serve import serve
-
-    return serve(argv)
-
-
-def ask_command(argv: Sequence[str]) -> int:
-    from server.ask import ask
-
-    return ask(argv)
-
-
-def bench_command(argv: Sequence[str]) -> int:
-    from server.bench import main as bench_main
-
-    return bench_main(argv)
-
-
-COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
-    "bench": bench_command,
-    "synth-data": synth_data_command,
-    "train": train_command,
-    "eval": eval_command,
-    "demo-model": demo_model_command,
-    "serve": serve_command,
-    "ask": ask_command,
-    "tiny-model": tiny_model_command,
+# name -> (module, function taking argv and returning an exit code, one-line summary)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "serve": ("server.serve", "serve", "start the inference server (engine flags as in `vllm serve`)"),
+    "ask": ("server.ask", "ask", "answer one question about an image, without a server"),
+    "bench": ("bench.benchmark", "main",
+              "measure throughput and latency against the published procedure and the engine"),
+    "eval": ("bench.evaluate", "main", "score a search strategy on records with known answers"),
+    "tiny-model": ("training.commands", "tiny_model", "build the embedded tiny vision-language model into a folder"),
+    "synth-data": ("training.commands", "synth_data",
+                   "write synthetic shape questions with four-stage answers (LLaVA-o1-100k format)"),
+    "train": ("training.commands", "train_model", "fine-tune a model on such records (loss on the answers only)"),
+    "demo-model": ("training.commands", "demo_model",
+                   "rebuild the demo model from scratch (synthetic data, then training)"),
 }
+
+USAGE = ("usage: llava-o1 COMMAND [options]\n\ncommands:\n"
+         + "".join(f"  {name:<12} {summary}\n" for name, (_, _, summary) in COMMANDS.items())
+         + "\n`llava-o1 COMMAND --help` describes a command's options.\n")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -154,11 +36,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE, end="")
         return 0 if argv else 2
-    command = COMMANDS.get(argv[0])
-    if command is None:
+    if argv[0] not in COMMANDS:
         print(f"llava-o1: unknown command {argv[0]!r}\n\n{USAGE}", end="", file=sys.stderr)
         return 2
-    return command(argv[1:])
+    module, function, _ = COMMANDS[argv[0]]
+    command = getattr(importlib.import_module(module), function)
+    return int(command(argv[1:]))
 
 
 if __name__ == "__main__":

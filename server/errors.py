@@ -9,6 +9,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from models.engine import EngineError, PromptTooLongError
+from server.schemas import ErrorInfo, ErrorResponse
+
 log = logging.getLogger("llava_o1.server")
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
@@ -29,17 +32,34 @@ class APIError(Exception):
         self.code = code
         self.headers = headers or {}
 
-    def body(self) -> dict:
+    def body(self) -> ErrorResponse:
         return error_body(self.status, self.message, self.param, self.code)
 
 
-def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict:
-    return {"error": {"message": message, "type": _TYPES.get(status, "server_error"), "param": param, "code": code}}
+def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> ErrorResponse:
+    return ErrorResponse(error=ErrorInfo(message=message, type=_TYPES.get(status, "server_error"), param=param,
+                                         code=code))
 
 
 def error_response(status: int, message: str, param: str | None = None, code: str | None = None,
                    headers: dict | None = None) -> JSONResponse:
-    return JSONResponse(error_body(status, message, param, code), status_code=status, headers=headers)
+    return JSONResponse(error_body(status, message, param, code).model_dump(), status_code=status, headers=headers)
+
+
+INTERNAL_ERROR = APIError(500, "internal server error", code="internal_error")
+
+
+def search_error(exc: BaseException, timeout_s: float) -> APIError | None:
+    """The client's error for what a search can raise (its deadline, the engine's refusals), for the
+    plain and the streaming path alike; None for anything unexpected."""
+    if isinstance(exc, TimeoutError):
+        return APIError(504, f"the request did not finish within its deadline of {timeout_s:g} s; "
+                             "its search was stopped", code="timeout")
+    if isinstance(exc, PromptTooLongError):
+        return APIError(400, str(exc), param="messages", code="context_length_exceeded")
+    if isinstance(exc, EngineError):
+        return APIError(503, f"the engine is unavailable: {exc}", code="engine_unavailable")
+    return None
 
 
 def _describe_validation(exc: RequestValidationError) -> tuple[str, str | None, str]:
@@ -61,7 +81,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError):
         headers = {**exc.headers, **({"WWW-Authenticate": "Bearer"} if exc.status == 401 else {})}
-        return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+        return JSONResponse(exc.body().model_dump(), status_code=exc.status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
@@ -75,4 +95,4 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
         log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return error_response(500, "internal server error", code="internal_error")
+        return JSONResponse(INTERNAL_ERROR.body().model_dump(), status_code=INTERNAL_ERROR.status)

@@ -21,6 +21,15 @@ PER_DEVICE = {
     "power_watts": "GPU power draw",
     "temperature_celsius": "GPU core temperature",
 }
+# How each PER_DEVICE figure is read, from the NVML module and a device handle.
+READERS = {
+    "utilization_ratio": lambda nvml, handle: nvml.nvmlDeviceGetUtilizationRates(handle).gpu / 100.0,
+    "memory_used_bytes": lambda nvml, handle: float(nvml.nvmlDeviceGetMemoryInfo(handle).used),
+    "memory_total_bytes": lambda nvml, handle: float(nvml.nvmlDeviceGetMemoryInfo(handle).total),
+    "power_watts": lambda nvml, handle: nvml.nvmlDeviceGetPowerUsage(handle) / 1000.0,
+    "temperature_celsius": lambda nvml, handle: float(nvml.nvmlDeviceGetTemperature(handle,
+                                                                                    nvml.NVML_TEMPERATURE_GPU)),
+}
 GPU_METRIC_NAMES = (f"{PREFIX}_count", *(f"{PREFIX}_{name}" for name in PER_DEVICE))
 
 
@@ -65,16 +74,9 @@ class GpuCollector:
             except Exception:
                 continue
             device = {"index": str(index), "uuid": uuid.decode() if isinstance(uuid, bytes) else str(uuid)}
-            readers = {
-                "utilization_ratio": lambda: nvml.nvmlDeviceGetUtilizationRates(handle).gpu / 100.0,
-                "memory_used_bytes": lambda: float(nvml.nvmlDeviceGetMemoryInfo(handle).used),
-                "memory_total_bytes": lambda: float(nvml.nvmlDeviceGetMemoryInfo(handle).total),
-                "power_watts": lambda: nvml.nvmlDeviceGetPowerUsage(handle) / 1000.0,
-                "temperature_celsius": lambda: float(nvml.nvmlDeviceGetTemperature(handle, nvml.NVML_TEMPERATURE_GPU)),
-            }
-            for name, read in readers.items():
+            for name, read in READERS.items():
                 try:
-                    device[name] = read()
+                    device[name] = read(nvml, handle)
                 except Exception:  # a figure this device does not report (e.g. power on some boards)
                     pass
             devices.append(device)

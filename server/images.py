@@ -80,8 +80,8 @@ async def fetch_image(url: str, limits: ImageLimits, param: str) -> Image.Image:
     await _check_host(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80), limits, param)
 
     async def download() -> bytes:
-        async with httpx.AsyncClient(follow_redirects=False, timeout=limits.remote_timeout_s) as client:
-            async with client.stream("GET", url) as response:
+        async with (httpx.AsyncClient(follow_redirects=False, timeout=limits.remote_timeout_s) as client,
+                    client.stream("GET", url) as response):
                 if response.status_code != 200:
                     raise APIError(400, f"fetching the image gave HTTP {response.status_code}", param=param,
                                    code="image_fetch_failed")
@@ -98,7 +98,7 @@ async def fetch_image(url: str, limits: ImageLimits, param: str) -> Image.Image:
 
     try:
         data = await asyncio.wait_for(download(), timeout=limits.remote_timeout_s)
-    except (asyncio.TimeoutError, httpx.TimeoutException) as exc:
+    except (TimeoutError, httpx.TimeoutException) as exc:
         raise APIError(400, f"fetching the image took longer than {limits.remote_timeout_s:g} s", param=param,
                        code="image_fetch_timeout") from exc
     except httpx.HTTPError as exc:

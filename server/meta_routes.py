@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
 from server.auth import require_api_key
-from server.schemas import ModelList
+from server.schemas import ModelCard, ModelList
 from server.state import ServerState, get_state
 
 router = APIRouter()
@@ -22,10 +22,9 @@ def package_version(name: str) -> str | None:
 
 
 @router.get("/v1/models", dependencies=[Depends(require_api_key)], response_model=ModelList)
-async def list_models(state: ServerState = Depends(get_state)):
-    return {"object": "list", "data": [
-        {"id": name, "object": "model", "created": int(state.started), "owned_by": "llava-o1",
-         "max_model_len": state.engine.max_model_len} for name in state.model_names]}
+async def list_models(state: ServerState = Depends(get_state)) -> ModelList:
+    return ModelList(data=[ModelCard(id=name, created=int(state.started), max_model_len=state.engine.max_model_len)
+                           for name in state.model_names])
 
 
 @router.get("/health")

@@ -15,7 +15,6 @@ from stage_search.trace import SearchResult
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320)
 BEAM_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 32, 64)
-OUTCOMES = ("success", "client_error", "rejected", "timeout", "cancelled", "server_error")
 
 
 class EngineCollector:

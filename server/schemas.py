@@ -7,11 +7,12 @@ Unknown request fields are refused (400) rather than silently ignored.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 from stage_search.config import JudgeMode, StagePrompt, StrategyName
+from stage_search.trace import AnswerFinish
 
 
 class _Strict(BaseModel):
@@ -79,6 +80,18 @@ class ChatCompletionRequest(_Strict):
 # -- responses -------------------------------------------------------------------------------
 
 
+class _OmitNone(BaseModel):
+    """Leaves out the fields named in `_omit_if_none` while they are None, as OpenAI's wire format
+    does for deltas and optional extensions; other None fields are sent as null."""
+
+    _omit_if_none: ClassVar[frozenset[str]] = frozenset()
+
+    @model_serializer(mode="wrap")
+    def _omit(self, handler: SerializerFunctionWrapHandler):  # unannotated: the schema stays the fields
+        data = handler(self)
+        return {k: v for k, v in data.items() if not (v is None and k in self._omit_if_none)}
+
+
 class PromptTokensDetails(BaseModel):
     cached_tokens: int = 0
 
@@ -100,10 +113,13 @@ class ResponseMessage(BaseModel):
 class Choice(BaseModel):
     index: int = 0
     message: ResponseMessage
-    finish_reason: Literal["stop", "length"]
+    finish_reason: AnswerFinish
 
 
-class ReasoningInfo(BaseModel):
+class ReasoningInfo(_OmitNone):
+    """The `reasoning` extension of a response: how it was searched, and the trace when asked."""
+
+    _omit_if_none = frozenset({"trace"})
     strategy: str
     beam_width: int
     judge: str
@@ -119,6 +135,48 @@ class ChatCompletion(BaseModel):
     choices: list[Choice]
     usage: Usage
     reasoning: ReasoningInfo
+
+
+class ChunkDelta(_OmitNone):
+    """What one stream chunk adds to the message; `stage` (extension) names the stage it belongs to."""
+
+    _omit_if_none = frozenset({"role", "content", "reasoning_content", "stage"})
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+    reasoning_content: str | None = None
+    stage: str | None = None
+
+
+class ChunkChoice(BaseModel):
+    index: int = 0
+    delta: ChunkDelta
+    finish_reason: AnswerFinish | None = None
+
+
+class ChatCompletionChunk(_OmitNone):
+    """One SSE event of a streamed completion; the last chunk before [DONE] may carry only usage."""
+
+    _omit_if_none = frozenset({"usage", "reasoning"})
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    usage: Usage | None = None
+    reasoning: ReasoningInfo | None = None
+
+
+class ErrorInfo(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """OpenAI's error shape, as a response body and as an in-band stream event."""
+
+    error: ErrorInfo
 
 
 class ModelCard(BaseModel):

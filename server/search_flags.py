@@ -13,7 +13,7 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("search")
     group.add_argument("--strategy", choices=STRATEGY_NAMES, default=defaults.strategy)
     group.add_argument("--beam-width", type=int, default=defaults.beam_width,
-                       help=f"candidates per step (default {defaults.beam_width}; 1 = a single sample)")
+                       help="candidates per step (1 = a single sample)")
     group.add_argument("--judge", choices=JUDGE_MODES, default=defaults.judge)
     group.add_argument("--debias", action="store_true", help="judge each pair in both orders")
     group.add_argument("--stage-prompt", choices=STAGE_PROMPTS, default=defaults.stage_prompt,

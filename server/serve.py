@@ -21,8 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
     from models.engine_config import add_engine_arguments, make_parser
     from server.search_flags import add_search_arguments
 
-    parser = make_parser("llava-o1 serve")
-    parser.description = "Serve a vision-language model with stage-level reasoning behind an OpenAI-style API."
+    parser = make_parser("llava-o1 serve",
+                         "Serve a vision-language model with stage-level reasoning behind an OpenAI-style API.")
     defaults, images = ServerSettings(), ImageLimits()
     server = parser.add_argument_group("server")
     server.add_argument("--host", default=defaults.host, help=f"address to listen on (default {defaults.host})")
@@ -101,7 +101,9 @@ async def _serve(settings: ServerSettings, args: argparse.Namespace) -> None:
 
     from models.engine_factory import start_engine
     from server.app import create_app
+    from server.default_model import use_default_model
 
+    use_default_model(args)
     engine = start_engine(args)
     try:
         app = create_app(engine, settings)

@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, get_args
 
 from stage_search.stages import StageSet
+from stage_search.strategies import STRATEGIES
 
-StrategyName = Literal["stage", "sentence", "best_of_n", "none"]
 JudgeMode = Literal["logprob", "generative"]
 StagePrompt = Literal["auto", "always", "never"]
 
-STRATEGY_NAMES: tuple[str, ...] = ("stage", "sentence", "best_of_n", "none")
-JUDGE_MODES: tuple[str, ...] = ("logprob", "generative")
-STAGE_PROMPTS: tuple[str, ...] = ("auto", "always", "never")
+# The names flags and schemas accept, read from their one definition.
+STRATEGY_NAMES: tuple[str, ...] = tuple(STRATEGIES)
+JUDGE_MODES: tuple[str, ...] = get_args(JudgeMode)
+STAGE_PROMPTS: tuple[str, ...] = get_args(StagePrompt)
+
+if TYPE_CHECKING:
+    StrategyName = str  # a type checker cannot read a Literal off a table; run time checks the names
+else:
+    StrategyName = Literal[STRATEGY_NAMES]
 
 
 @dataclass(frozen=True)
@@ -55,5 +61,5 @@ class SearchConfig:
     def total_token_budget(self) -> int:
         return self.max_tokens if self.max_tokens is not None else len(self.stages) * self.max_tokens_per_stage
 
-    def with_(self, **changes) -> "SearchConfig":
+    def with_(self, **changes) -> SearchConfig:
         return replace(self, **changes)

@@ -69,7 +69,7 @@ class PairwiseJudge:
             forward, backward = await asyncio.gather(self._judge(context, a, b, priority),
                                                      self._judge(context, b, a, priority))
             p_a = (forward.probabilities[0] + backward.probabilities[1]) / 2
-            verdicts = (forward, backward)
+            verdicts: tuple[_Verdict, ...] = (forward, backward)
         else:
             forward = await self._judge(context, a, b, priority)
             p_a = forward.probabilities[0]

@@ -5,26 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 
 from models.engine import ChatMessage, Engine
-from stage_search.best_of_n import best_of_n
 from stage_search.config import SearchConfig
 from stage_search.events import SearchEvent, SearchFinished
 from stage_search.search_job import Emit, SearchJob
-from stage_search.sentence_beam import sentence_beam_search
-from stage_search.single_sample import single_sample
-from stage_search.stage_beam import stage_beam_search
+from stage_search.strategies import STRATEGIES
 from stage_search.trace import SearchResult
-
-Strategy = Callable[[SearchJob], Awaitable[SearchResult]]
-
-STRATEGIES: dict[str, Strategy] = {
-    "stage": stage_beam_search,
-    "sentence": sentence_beam_search,
-    "best_of_n": best_of_n,
-    "none": single_sample,
-}
 
 
 def new_job_id() -> str:

@@ -6,15 +6,18 @@ import itertools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from models.engine import Candidate, ChatMessage, ChatPart, Engine, SamplingSettings
-from stage_search.config import SearchConfig
+from models.engine import Candidate, ChatMessage, ChatPart, Engine, EngineError, SamplingSettings, StreamDelta
 from stage_search.events import SearchEvent, StageDelta
 from stage_search.judge import Contender, JudgeContext, PairwiseJudge
 from stage_search.prompts import is_stage_trained, stage_instruction
 from stage_search.stages import Stage
 from stage_search.tournament import run_tournament
-from stage_search.trace import CandidateTrace, SearchResult, StageTrace, StepTrace, Usage
+from stage_search.trace import AnswerFinish, CandidateTrace, SearchResult, StageTrace, StepTrace, Usage
+
+if TYPE_CHECKING:  # at run time config imports the strategies, which import this module
+    from stage_search.config import SearchConfig
 
 Emit = Callable[[SearchEvent], None]
 
@@ -124,7 +127,8 @@ class SearchJob:
         prompt = self.engine.render(self.messages, assistant_prefix)
         settings = SamplingSettings(n=1, max_tokens=max_tokens, temperature=self.config.temperature,
                                     top_p=self.config.top_p, seed=self.next_seed(), stop=stop)
-        raw, sent, last = "", 0, None
+        raw, sent = "", 0
+        last: StreamDelta | None = None
         async for delta in self.engine.stream(prompt, settings, job_id=self.job_id,
                                               priority=self.priority(stage.index)):
             raw += delta.text
@@ -133,6 +137,8 @@ class SearchJob:
                 self.emit(StageDelta(stage.name, stage.index, raw[sent:settled]))
                 sent = settled
             last = delta
+        if last is None or last.candidate is None:  # the contract: the last delta holds the candidate
+            raise EngineError(f"the stream of job {self.job_id} ended without its candidate")
         candidate = last.candidate
         text = self.stages.clean_content(candidate.text)
         step = StepTrace(prompt_tokens=last.prompt_tokens, cached_tokens=last.cached_tokens,
@@ -158,9 +164,10 @@ class SearchJob:
         )
 
 
-def _finish_reason(stages: list[StageTrace], answer_steps: list[StepTrace] | None) -> str:
+def _finish_reason(stages: list[StageTrace], answer_steps: list[StepTrace] | None) -> AnswerFinish:
     """"length" when the answer's last chosen text was cut by a token limit, else "stop"."""
-    last_step = (answer_steps or stages[-1].steps or [None])[-1]
+    steps = answer_steps or stages[-1].steps
+    last_step = steps[-1] if steps else None
     if last_step is None or not last_step.candidates:
         return "stop"
     return "length" if last_step.candidates[last_step.winner].finish_reason == "length" else "stop"

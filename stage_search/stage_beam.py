@@ -8,6 +8,7 @@ from stage_search.events import StageDecided, StageStarted
 from stage_search.search_job import SearchJob
 from stage_search.trace import SearchResult, StageTrace
 
+
 async def stage_beam_search(job: SearchJob) -> SearchResult:
     return await search_stages(job, n=job.config.beam_width)
 

@@ -39,11 +39,6 @@ class Stage:
         """The stage as it stands in an answer, followed by the separator before the next one."""
         return f"{self.open_tag}{body}{self.close_tag}{STAGE_SEPARATOR}"
 
-    @property
-    def key(self) -> str:
-        """Lower-case name used in traces and APIs ("summary", "caption", ...)."""
-        return self.name.lower()
-
 
 @dataclass(frozen=True)
 class StageSet:
@@ -52,12 +47,12 @@ class StageSet:
     stages: tuple[Stage, ...]
 
     @classmethod
-    def from_names(cls, names: tuple[str, ...] | list[str] = DEFAULT_STAGE_NAMES) -> "StageSet":
+    def from_names(cls, names: tuple[str, ...] | list[str] = DEFAULT_STAGE_NAMES) -> StageSet:
         if len(names) != len(STAGE_CRITERIA):
             raise ValueError(f"expected {len(STAGE_CRITERIA)} stage names, got {len(names)}")
         if len({n.upper() for n in names}) != len(names) or not all(re.fullmatch(r"[A-Za-z_]+", n) for n in names):
             raise ValueError(f"stage names must be distinct words: {names!r}")
-        return cls(tuple(Stage(n, i, c) for i, (n, c) in enumerate(zip(names, STAGE_CRITERIA))))
+        return cls(tuple(Stage(n, i, c) for i, (n, c) in enumerate(zip(names, STAGE_CRITERIA, strict=True))))
 
     def __iter__(self):
         return iter(self.stages)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+AnswerFinish = Literal["stop", "length"]  # why an answer ended: complete, or cut by a token limit
 
 
 @dataclass
@@ -14,7 +17,7 @@ class Usage:
     judge_tokens: int = 0  # judge prompts plus judge verdict tokens
     cached_tokens: int = 0  # prompt tokens served from the prefix cache (all calls)
 
-    def add(self, other: "Usage") -> None:
+    def add(self, other: Usage) -> None:
         self.prompt_tokens += other.prompt_tokens
         self.completion_tokens += other.completion_tokens
         self.judge_tokens += other.judge_tokens
@@ -82,7 +85,7 @@ class SearchResult:
     seconds: float
     # best_of_n judges whole answers, not stages: its steps live here.
     answer_steps: list[StepTrace] = field(default_factory=list)
-    finish_reason: str = "stop"  # "length" when the conclusion was cut by a token limit
+    finish_reason: AnswerFinish = "stop"  # "length" when the conclusion was cut by a token limit
 
     def stage_text(self, name: str) -> str:
         return next(s.text for s in self.stages if s.name == name)

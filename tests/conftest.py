@@ -8,18 +8,12 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-
-sys.path.insert(0, str(Path(__file__).parent))
-
-# Small prefill budget: prompts longer than this are prefilled in chunks, which is the condition
-# under which vLLM-CPU's seed bug fires (see models/vllm_seed_fix.py and test_seed_bug.py).
-TEST_MAX_BATCHED_TOKENS = 512
-TEST_ENGINE_OVERRIDES = {"max_num_batched_tokens": TEST_MAX_BATCHED_TOKENS, "max_model_len": 4096}
+from helpers import API_KEY, MODEL, TEST_ENGINE_OVERRIDES, free_port, shapes_image
 
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
-    from models.tiny_model import build_tiny_model
+    from training.tiny_model import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
 
@@ -36,7 +30,7 @@ async def engine(tiny_model_dir):
 
 @pytest.fixture(scope="session")
 def tiny_mllama_dir(tmp_path_factory) -> Path:
-    from models.tiny_mllama import build_tiny_mllama
+    from training.tiny_mllama import build_tiny_mllama
 
     return build_tiny_mllama(tmp_path_factory.mktemp("models") / "tiny-mllama")
 
@@ -66,14 +60,6 @@ def cli_env(tmp_path_factory) -> dict[str, str]:
     return env
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def image_host():
     """A loopback HTTP server with images for the remote-image tests: ok, too big, too slow."""
@@ -81,8 +67,6 @@ def image_host():
     import io
     import threading
     import time
-
-    from helpers import shapes_image
 
     buffer = io.BytesIO()
     shapes_image().save(buffer, format="PNG")
@@ -112,14 +96,11 @@ def image_host():
     httpd.shutdown()
 
 
-API_KEY = "sk-test-key"
-
-
 @pytest.fixture(scope="session")
 def server(cli_env, image_host, tiny_model_dir, tmp_path_factory):
     """`llava-o1 serve` as a real subprocess on loopback with the random tiny model (its stages run to
     the token limit, so tests can count tokens and judge matches)."""
-    args = ["--model", str(tiny_model_dir), "--served-model-name", "llava-o1-tiny", "--api-key", API_KEY, "--max-tokens-per-stage", "16",
+    args = ["--model", str(tiny_model_dir), "--served-model-name", MODEL, "--api-key", API_KEY, "--max-tokens-per-stage", "16",
             "--max-beam-width", "6", "--max-images", "2", "--max-image-pixels", "1000000",
             "--max-body-bytes", "2000000", "--allow-remote-images", "--allow-private-image-hosts", image_host,
             "--remote-image-max-bytes", "100000", "--remote-image-timeout", "1.5", "--max-model-len", "4096"]

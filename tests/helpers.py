@@ -1,13 +1,30 @@
-"""Small builders shared by tests and by the seed-bug reproduction script."""
+"""Constants and small builders shared by the tests and by the seed-bug reproduction script."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import io
+import re
+import socket
+import subprocess
 import time
 
 from PIL import Image
 
 from models.engine import ChatMessage, ChatPart, Engine, SamplingSettings
+
+API_KEY = "sk-test-key"  # the test servers' bearer token
+MODEL = "llava-o1-tiny"  # the name the session's vLLM test server serves the tiny model under
+STAGES = ["SUMMARY", "CAPTION", "REASONING", "CONCLUSION"]
+TAGGED = re.compile(r"<SUMMARY>(.*)</SUMMARY>\n\n<CAPTION>(.*)</CAPTION>\n\n"
+                    r"<REASONING>(.*)</REASONING>\n\n<CONCLUSION>(.*)</CONCLUSION>", re.S)
+REASONING = re.compile(r"<SUMMARY>(.*)</SUMMARY>\n\n<CAPTION>(.*)</CAPTION>\n\n<REASONING>(.*)</REASONING>", re.S)
+
+# Small prefill budget: prompts longer than this are prefilled in chunks, which is the condition
+# under which vLLM-CPU's seed bug fires (see models/vllm_seed_fix.py and test_seed_bug.py).
+TEST_MAX_BATCHED_TOKENS = 512
+TEST_ENGINE_OVERRIDES = {"max_num_batched_tokens": TEST_MAX_BATCHED_TOKENS, "max_model_len": 4096}
 
 
 def shapes_image(color=(200, 30, 30), size=(80, 60)) -> Image.Image:
@@ -44,3 +61,68 @@ def wait_for(predicate, timeout: float = 20.0) -> bool:
             return True
         time.sleep(0.1)
     return False
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_cli(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`llava-o1 ARGS` as a user runs it; fails the test unless it exits 0."""
+    done = subprocess.run(["llava-o1", *args], env=env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def data_url(image: Image.Image | None = None, fmt: str = "PNG") -> str:
+    buffer = io.BytesIO()
+    (image or shapes_image()).save(buffer, format=fmt)
+    return f"data:image/{fmt.lower()};base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def question(text: str = "How many shapes?", *urls: str) -> list[dict]:
+    """OpenAI-style messages: one user turn with the images (default: one shapes picture) and text."""
+    parts = [{"type": "image_url", "image_url": {"url": u}} for u in (urls or (data_url(),))]
+    return [{"role": "user", "content": [*parts, {"type": "text", "text": text}]}]
+
+
+def extra(obj, name):
+    """An extension field of an openai client object (e.g. reasoning_content), or None."""
+    return (obj.model_extra or {}).get(name)
+
+
+def stream_pieces(stream):
+    """(stage, field, text) of every streamed delta, the finish reason, and the usage chunk's usage."""
+    pieces, finish, usage = [], None, None
+    for chunk in stream:
+        if not chunk.choices:
+            usage = chunk.usage
+            continue
+        choice = chunk.choices[0]
+        finish = choice.finish_reason or finish
+        delta = choice.delta
+        for field in ("reasoning_content", "content"):
+            text = delta.content if field == "content" else extra(delta, field)
+            if text:
+                pieces.append((extra(delta, "stage"), field, text))
+    return pieces, finish, usage
+
+
+def count(image: Image.Image, color: tuple[int, int, int]) -> int:
+    """Connected blobs of exactly this color (synthetic shapes never touch: one per grid cell)."""
+    pixels, seen, blobs = image.load(), set(), 0
+    width, height = image.size
+    for x in range(width):
+        for y in range(height):
+            if pixels[x, y] == color and (x, y) not in seen:
+                blobs += 1
+                stack = [(x, y)]
+                while stack:
+                    px, py = stack.pop()
+                    if (px, py) in seen or not (0 <= px < width and 0 <= py < height) or pixels[px, py] != color:
+                        continue
+                    seen.add((px, py))
+                    stack += [(px + 1, py), (px - 1, py), (px, py + 1), (px, py - 1)]
+    return blobs

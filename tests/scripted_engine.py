@@ -12,8 +12,16 @@ import math
 import re
 from collections.abc import Callable, Sequence
 
-from models.engine import (Candidate, ChatMessage, ChoiceResult, Engine, EngineStats, Generation, Prompt,
-                           SamplingSettings)
+from models.engine import (
+    Candidate,
+    ChatMessage,
+    ChoiceResult,
+    Engine,
+    EngineStats,
+    Generation,
+    Prompt,
+    SamplingSettings,
+)
 
 _PAIR = re.compile(r"Response 1:\n(.*?)\n\nResponse 2:\n(.*?)\n\nThe better response is", re.S)
 

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).parent))
 
 
 async def main(model_dir: str) -> None:
-    from conftest import TEST_ENGINE_OVERRIDES
-    from helpers import seeded_load
+    # Run as a script, so this folder is first on sys.path.
+    from helpers import TEST_ENGINE_OVERRIDES, seeded_load
+
     from models.engine_config import engine_args_for
     from models.vllm_engine import VllmEngine
 

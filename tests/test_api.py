@@ -3,33 +3,12 @@
 from __future__ import annotations
 
 import base64
-import io
-import re
 
 import httpx
 import openai
 import pytest
+from helpers import API_KEY, MODEL, REASONING, STAGES, TAGGED, data_url, extra, question, stream_pieces, wait_for
 from PIL import Image
-
-from conftest import API_KEY
-from helpers import shapes_image, wait_for
-
-MODEL = "llava-o1-tiny"
-STAGES = ["SUMMARY", "CAPTION", "REASONING", "CONCLUSION"]
-TAGGED = re.compile(r"<SUMMARY>(.*)</SUMMARY>\n\n<CAPTION>(.*)</CAPTION>\n\n"
-                    r"<REASONING>(.*)</REASONING>\n\n<CONCLUSION>(.*)</CONCLUSION>", re.S)
-REASONING = re.compile(r"<SUMMARY>(.*)</SUMMARY>\n\n<CAPTION>(.*)</CAPTION>\n\n<REASONING>(.*)</REASONING>", re.S)
-
-
-def data_url(image: Image.Image | None = None, fmt: str = "PNG") -> str:
-    buffer = io.BytesIO()
-    (image or shapes_image()).save(buffer, format=fmt)
-    return f"data:image/{fmt.lower()};base64," + base64.b64encode(buffer.getvalue()).decode()
-
-
-def question(text: str = "How many shapes?", *urls: str) -> list[dict]:
-    parts = [{"type": "image_url", "image_url": {"url": u}} for u in (urls or (data_url(),))]
-    return [{"role": "user", "content": [*parts, {"type": "text", "text": text}]}]
 
 
 @pytest.fixture(scope="module")
@@ -41,10 +20,6 @@ def client(server):
 def http(server):
     with httpx.Client(base_url=server["base"], headers={"Authorization": f"Bearer {API_KEY}"}, timeout=120) as c:
         yield c
-
-
-def extra(obj, name):
-    return (obj.model_extra or {}).get(name)
 
 
 # -- answers --------------------------------------------------------------------------------------
@@ -80,22 +55,6 @@ def test_trace_lists_candidates_and_matches_per_stage(client):
         assert len(stage["candidates"]) == 4
         assert len(stage["matches"]) == sum(c["merged_into"] is None for c in stage["candidates"]) - 1
     assert trace["usage"]["judge_tokens"] == extra(response.usage, "judge_tokens")
-
-
-def stream_pieces(stream):
-    pieces, finish, usage = [], None, None
-    for chunk in stream:
-        if not chunk.choices:
-            usage = chunk.usage
-            continue
-        choice = chunk.choices[0]
-        finish = choice.finish_reason or finish
-        delta = choice.delta
-        for field in ("reasoning_content", "content"):
-            text = delta.content if field == "content" else extra(delta, field)
-            if text:
-                pieces.append((extra(delta, "stage"), field, text))
-    return pieces, finish, usage
 
 
 def test_streamed_stages_arrive_in_order_and_join_into_the_same_structure(client):
@@ -152,11 +111,16 @@ def test_every_strategy_answers(client, strategy):
     assert extra(response, "reasoning")["strategy"] == strategy
 
 
-def test_remote_image_from_an_allowed_host(client, image_host):
-    response = client.chat.completions.create(
-        model=MODEL, messages=question("How many?", f"http://{image_host}/shapes.png"),
-        extra_body={"reasoning": {"beam_width": 1}})
-    assert response.choices[0].message.content is not None
+def test_remote_image_from_an_allowed_host_reaches_the_prompt(client, image_host):
+    def first_prompt_tokens(messages) -> int:
+        response = client.chat.completions.create(
+            model=MODEL, messages=messages, extra_body={"reasoning": {"beam_width": 1, "trace": True}})
+        return extra(response, "reasoning")["trace"]["stages"][0]["steps"][0]["prompt_tokens"]
+
+    with_image = first_prompt_tokens(question("How many?", f"http://{image_host}/shapes.png"))
+    without_image = first_prompt_tokens([{"role": "user", "content": "How many?"}])
+    # The first stage's prompt differs only by the image: its placeholder tokens are there.
+    assert with_image > without_image
 
 
 def test_meta_endpoints(client, http, server):
@@ -275,13 +239,12 @@ LONG_SEARCH = {"beam_width": 4, "max_tokens_per_stage": 2000}
 
 def test_a_streaming_client_that_disconnects_leaves_no_engine_work(server):
     payload = body(stream=True, reasoning=LONG_SEARCH, max_tokens=None)
-    with httpx.Client(timeout=60) as c:
-        with c.stream("POST", server["base"] + "/v1/chat/completions", json=payload,
-                      headers={"Authorization": f"Bearer {API_KEY}"}) as response:
-            assert response.status_code == 200
-            lines = response.iter_lines()
-            assert next(lines).startswith("data: ")  # the role chunk: the search is under way
-            assert wait_for(lambda: running_requests(server) > 0), "the search never reached the engine"
+    with httpx.Client(timeout=60) as c, c.stream("POST", server["base"] + "/v1/chat/completions", json=payload,
+                  headers={"Authorization": f"Bearer {API_KEY}"}) as response:
+        assert response.status_code == 200
+        lines = response.iter_lines()
+        assert next(lines).startswith("data: ")  # the role chunk: the search is under way
+        assert wait_for(lambda: running_requests(server) > 0), "the search never reached the engine"
         # leaving the block closes the connection mid-search
     assert wait_for(lambda: running_requests(server) == 0), "engine work kept running after the client left"
 

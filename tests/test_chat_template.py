@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from helpers import shapes_image
 from transformers import AutoProcessor
 
-from helpers import shapes_image
 from models.chat_template import ChatTemplateRenderer
 from models.engine import ChatMessage, ChatPart
 

@@ -1,11 +1,13 @@
-"""The `llava-o1` command: tiny-model and serve, as a user runs them."""
+"""The `llava-o1` command and its subcommands, run as a user runs them."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
 import pytest
+from helpers import STAGES, shapes_image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 
@@ -29,19 +31,14 @@ def test_tiny_model_command_builds_a_loadable_model(cli_env, tmp_path):
 
 
 
-
 def test_ask_prints_the_result_and_trace_as_json(cli_env, tmp_path):
-    import json
-
-    from helpers import shapes_image
-
     image = tmp_path / "shapes.png"
     shapes_image().save(image)
     done = run(["ask", "--image", str(image), "--question", "How many?", "--strategy", "stage",
                 "--beam-width", "4", "--max-tokens-per-stage", "12", "--json"], cli_env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout)
-    assert [s["name"] for s in result["stages"]] == ["SUMMARY", "CAPTION", "REASONING", "CONCLUSION"]
+    assert [s["name"] for s in result["stages"]] == STAGES
     for stage in result["stages"]:
         assert len(stage["candidates"]) == 4
         assert len(stage["matches"]) == sum(c["merged_into"] is None for c in stage["candidates"]) - 1
@@ -59,8 +56,6 @@ def test_ask_refuses_a_file_that_is_not_an_image(cli_env, tmp_path):
 
 
 def test_bench_runs_all_modes_and_writes_results_and_a_plot(cli_env, tmp_path):
-    import json
-
     out = tmp_path / "bench"
     done = run(["bench", "--modes", "ours,reference,raw", "--concurrency", "1,2", "--beam-width", "2",
                 "--requests", "3", "--rounds", "2", "--reference-requests", "1", "--max-tokens-per-stage", "6",
@@ -84,9 +79,31 @@ def test_bench_runs_all_modes_and_writes_results_and_a_plot(cli_env, tmp_path):
     by_round = results["ratios_by_round"]["ours_vs_raw"]  # one ratio per round, ours and raw paired
     ours_rounds = results["modes"]["ours"]["rounds_requests_per_second"]
     raw_rounds = results["modes"]["raw"]["rounds_requests_per_second"]
-    assert by_round == pytest.approx([o / r for o, r in zip(ours_rounds, raw_rounds)])
+    assert by_round == pytest.approx([o / r for o, r in zip(ours_rounds, raw_rounds, strict=True)])
     assert "ours vs raw: " in done.stdout and "(by round: " in done.stdout
     assert (out / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # Without --model the benchmark runs the random tiny model, built into the cache on first use.
     assert results["settings"]["model"] == "llava-o1-tiny"
     assert (Path(cli_env["LLAVA_O1_CACHE"]) / "tiny-idefics3" / "config.json").exists()
+
+
+def test_vllm_per_weight_warnings_are_quiet_unless_verbose(cli_env, tiny_model_dir, tmp_path):
+    image = tmp_path / "shapes.png"
+    shapes_image().save(image)
+    # A float32 checkpoint run in bfloat16: vLLM warns once per weight while loading it.
+    args = ["ask", "--model", str(tiny_model_dir), "--dtype", "bfloat16", "--image", str(image),
+            "--question", "How many?", "--strategy", "none", "--max-tokens-per-stage", "2"]
+    quiet, verbose = run(args, cli_env, timeout=300), run([*args, "-v"], cli_env, timeout=300)
+    assert quiet.returncode == 0 and verbose.returncode == 0, quiet.stderr[-3000:] + verbose.stderr[-3000:]
+    assert "Attempted to load weight" in verbose.stderr  # the load does warn ...
+    assert "Attempted to load weight" not in quiet.stderr + quiet.stdout  # ... and by default it is quiet
+
+
+def test_every_command_help_lists_its_own_options_first(cli_env):
+    own = {"bench": "--modes", "eval": "--data", "ask": "--question", "serve": "--max-concurrent-searches"}
+    for command, option in own.items():
+        done = run([command, "--help"], cli_env)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert option in done.stdout
+        assert ("-v, --verbose" in done.stdout) == (command != "serve")
+        assert done.stdout.index(option) < done.stdout.index("engine options ("), command

@@ -4,34 +4,27 @@ from `synth-data` right, in four stages it closes itself."""
 from __future__ import annotations
 
 import json
-import subprocess
 
+from helpers import STAGES, count, run_cli
 from PIL import Image
 
-from models.synthetic_data import COLORS
-from test_synthetic_data import count
-
-
-def run(cli_env, *args):
-    done = subprocess.run(["llava-o1", *args], env=cli_env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done
+from training.synthetic_data import COLORS
 
 
 def test_ask_uses_the_demo_model_and_counts_right(cli_env, tmp_path):
-    run(cli_env, "synth-data", "--out", str(tmp_path / "shapes"), "--n", "10", "--seed", "1")
+    run_cli(cli_env, "synth-data", "--out", str(tmp_path / "shapes"), "--n", "10", "--seed", "1")
     image = tmp_path / "shapes" / "images" / "000000.png"
     truth = count(Image.open(image).convert("RGB"), COLORS["yellow"])
     assert truth > 0  # the README's picture: a count of zero would prove little
-    result = json.loads(run(cli_env, "ask", "--image", str(image), "--question", "How many yellow shapes are in the image?",
+    result = json.loads(run_cli(cli_env, "ask", "--image", str(image), "--question", "How many yellow shapes are in the image?",
                             "--strategy", "none", "--temperature", "0", "--json").stdout)
-    assert [s["name"] for s in result["stages"]] == ["SUMMARY", "CAPTION", "REASONING", "CONCLUSION"]
+    assert [s["name"] for s in result["stages"]] == STAGES
     assert all(s["candidates"][0]["finish_reason"] == "stop" for s in result["stages"])  # it closed every stage
     assert result["answer"] == f"The answer is {truth}."
 
 
 def test_recipe_trains_each_phase_on_its_own_data(tmp_path):
-    from models.demo_model import Phase, build_demo_model
+    from training.demo_recipe import Phase, build_demo_model
 
     phases = (Phase(1e-3, 1.0, records=8), Phase(5e-4, 1.0, data_seed=7, records=8))
     summary = build_demo_model(tmp_path / "demo", steps_per_phase=2, phases=phases, batch_size=4)

@@ -7,8 +7,8 @@ import asyncio
 import math
 
 import pytest
-
 from helpers import image_question, long_question, seeded_load
+
 from models.engine import PromptTooLongError, SamplingSettings
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

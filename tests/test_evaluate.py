@@ -7,9 +7,9 @@ import json
 import subprocess
 
 import pytest
+from helpers import API_KEY
 
-from conftest import API_KEY
-from server.evaluate import extract_answer, is_correct, valid_structure
+from bench.evaluate import extract_answer, is_correct, valid_structure
 
 COUNT = {"id": "a", "answer": "3", "kind": "count_color",
          "conversations": [{"from": "human", "value": "<image>\nHow many?"}, {"from": "gpt", "value": "x"}]}

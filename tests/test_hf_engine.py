@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-
 from helpers import image_question, shapes_image
+
 from models.engine import SamplingSettings
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -29,7 +29,7 @@ async def test_concurrent_calls_share_forward_passes_and_sample_the_same(hf_engi
                                       for i, p in enumerate(asked)))
     # Alone, each call needs 23 decode steps (the first token comes from the prompt's pass).
     assert hf_engine.decode_steps - steps < 2 * 23
-    for a, b in zip(alone, together):
+    for a, b in zip(alone, together, strict=True):
         assert [c.text for c in a.candidates] == [c.text for c in b.candidates]
 
 

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import openai
 import pytest
-
-from conftest import API_KEY
-from test_api import REASONING, STAGES, TAGGED, extra, question, stream_pieces
+from helpers import API_KEY, REASONING, STAGES, TAGGED, extra, question, stream_pieces
 
 MODEL = "tiny-mllama"
 

@@ -10,14 +10,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from helpers import API_KEY, MODEL, STAGES, free_port, question, wait_for
 
-from conftest import API_KEY, free_port
-from helpers import wait_for
 from server.gpu_metrics import GPU_METRIC_NAMES
-from test_api import MODEL, question
 
 ROOT = Path(__file__).resolve().parent.parent
-STAGES = ["SUMMARY", "CAPTION", "REASONING", "CONCLUSION"]
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +82,7 @@ PLAN = [("stage", 3, 2), ("none", 1, 2), ("sentence", 2, 1), ("best_of_n", 2, 1)
 
 def test_prometheus_sees_exactly_the_requests_candidates_and_latencies(server, prometheus):
     counters = {}
-    for strategy, beam, _ in PLAN:
+    for strategy, _beam, _ in PLAN:
         for name, sample in [
             ("requests", f'llava_o1_requests_total{{strategy="{strategy}",outcome="success"}}'),
             ("latency", f'llava_o1_request_duration_seconds_count{{strategy="{strategy}"}}'),
@@ -107,7 +104,7 @@ def test_prometheus_sees_exactly_the_requests_candidates_and_latencies(server, p
             assert response.status_code == 200, response.text
 
     for strategy, beam, count in PLAN:
-        def rose(name, by):
+        def rose(name, by, strategy=strategy):
             expr = f"sum({counters[(strategy, name)]})"
             expected = before[(strategy, name)] + by
             assert wait_for(lambda: query(prometheus, expr) == expected, 30), (expr, query(prometheus, expr), expected)

@@ -10,9 +10,10 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from helpers import count
 from PIL import Image
 
-from models.synthetic_data import COLORS, KINDS, SHAPES
+from training.synthetic_data import COLORS, KINDS, SHAPES
 
 STAGED = re.compile(r"<SUMMARY>(.+)</SUMMARY>\n\n<CAPTION>(.+)</CAPTION>\n\n<REASONING>(.+)</REASONING>\n\n"
                     r"<CONCLUSION>(.+)</CONCLUSION>", re.S)
@@ -59,24 +60,6 @@ def test_records_follow_the_llava_conversation_format(dataset):
         assert Image.open(out / record["image"]).size == (112, 112)
     assert set(Counter(r["kind"] for r in records)) == set(KINDS)
     assert any("options" in r for r in records) and any("options" not in r for r in records)
-
-
-def count(image: Image.Image, color: tuple[int, int, int]) -> int:
-    """Connected blobs of exactly this color (shapes never touch: one per grid cell)."""
-    pixels, seen, blobs = image.load(), set(), 0
-    width, height = image.size
-    for x in range(width):
-        for y in range(height):
-            if pixels[x, y] == color and (x, y) not in seen:
-                blobs += 1
-                stack = [(x, y)]
-                while stack:
-                    px, py = stack.pop()
-                    if (px, py) in seen or not (0 <= px < width and 0 <= py < height) or pixels[px, py] != color:
-                        continue
-                    seen.add((px, py))
-                    stack += [(px + 1, py), (px - 1, py), (px, py + 1), (px, py - 1)]
-    return blobs
 
 
 def test_color_counts_and_answers_agree_with_the_pixels(dataset):

@@ -5,10 +5,10 @@ from __future__ import annotations
 import hashlib
 
 import torch
+from helpers import shapes_image
 from transformers import AutoModelForImageTextToText, AutoProcessor, Idefics3ForConditionalGeneration
 
-from helpers import shapes_image
-from models.tiny_model import build_tiny_model
+from training.tiny_model import build_tiny_model
 
 
 def digest(path) -> str:
@@ -52,7 +52,7 @@ def test_judge_answers_are_single_tokens(tiny_model_dir):
 def test_the_cached_default_model_is_rebuilt_when_the_builder_changes(tmp_path, monkeypatch):
     import json
 
-    from models import tiny_model
+    from training import tiny_model
 
     monkeypatch.setenv("LLAVA_O1_CACHE", str(tmp_path))
     path = tiny_model.ensure_default_model()

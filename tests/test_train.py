@@ -3,30 +3,23 @@
 from __future__ import annotations
 
 import json
-import subprocess
 
 import pytest
+from helpers import image_question, run_cli
 
-from helpers import image_question
 from models.engine import SamplingSettings
-
-
-def run(cli_env, *args, timeout=600):
-    done = subprocess.run(["llava-o1", *args], env=cli_env, capture_output=True, text=True, timeout=timeout)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done
 
 
 @pytest.fixture(scope="module")
 def trained(cli_env, tiny_model_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("train")
-    run(cli_env, "synth-data", "--out", str(root / "data"), "--n", "120", "--seed", "11")
+    run_cli(cli_env, "synth-data", "--out", str(root / "data"), "--n", "120", "--seed", "11")
     out = root / "model"
-    run(cli_env, "train", "--model", str(tiny_model_dir), "--data", str(root / "data" / "train.jsonl"),
+    run_cli(cli_env, "train", "--model", str(tiny_model_dir), "--data", str(root / "data" / "train.jsonl"),
         "--out", str(out), "--steps", "20", "--batch-size", "8", "--save-every", "10")
     first = json.loads((out / "training.json").read_text())
     # Resume: goes on from checkpoint-20 to step 30 (the step budget counts across runs).
-    run(cli_env, "train", "--model", str(tiny_model_dir), "--data", str(root / "data" / "train.jsonl"),
+    run_cli(cli_env, "train", "--model", str(tiny_model_dir), "--data", str(root / "data" / "train.jsonl"),
         "--out", str(out), "--steps", "30", "--batch-size", "8", "--save-every", "10", "--resume")
     return out, first, json.loads((out / "training.json").read_text())
 

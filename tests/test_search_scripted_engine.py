@@ -7,9 +7,9 @@ import math
 import re
 
 import pytest
+from scripted_engine import ScriptedEngine, score
 
 from models.engine import ChatMessage
-from scripted_engine import ScriptedEngine, score
 from stage_search.config import SearchConfig
 from stage_search.events import StageDecided, StageStarted
 from stage_search.judge import Contender, JudgeContext, PairwiseJudge

@@ -107,9 +107,11 @@ async def _score_in_process(args, records: list[dict]) -> list[dict]:
 
     from models.engine import ChatMessage, ChatPart
     from models.engine_factory import start_engine
+    from server.default_model import use_default_model
     from stage_search.config import SearchConfig
     from stage_search.search import run_search
 
+    use_default_model(args)
     engine = start_engine(args)
     config = SearchConfig(strategy=args.strategy, beam_width=args.beam_width,
                           max_tokens_per_stage=args.max_tokens_per_stage, temperature=args.temperature,
@@ -173,17 +175,19 @@ def _score(record: dict, conclusion: str, trace: dict) -> dict:
 
 def build_parser() -> argparse.ArgumentParser:
     from models.engine_config import add_engine_arguments, make_parser
+    from stage_search.config import STAGE_PROMPTS, STRATEGY_NAMES
 
-    parser = make_parser("llava-o1 eval")
-    parser.description = "Score a search strategy on records with known answers (accuracy, structure, tokens)."
+    parser = make_parser("llava-o1 eval",
+                         "Score a search strategy on records with known answers (accuracy, structure, tokens).",
+                         verbose_flag=True)
     group = parser.add_argument_group("evaluation")
     group.add_argument("--data", required=True, help="a .jsonl file of records (e.g. synth-data's test.jsonl)")
-    group.add_argument("--strategy", default="none", choices=("none", "stage", "best_of_n", "sentence"))
+    group.add_argument("--strategy", default="none", choices=STRATEGY_NAMES)
     group.add_argument("--beam-width", type=int, default=1)
     group.add_argument("--max-tokens-per-stage", type=int, default=96)
     group.add_argument("--temperature", type=float, default=0.0, help="0: greedy (the default)")
     group.add_argument("--search-seed", type=int, help="seed for reproducible candidates (as in ask)")
-    group.add_argument("--stage-prompt", choices=("auto", "always", "never"), default="auto",
+    group.add_argument("--stage-prompt", choices=STAGE_PROMPTS, default="auto",
                        help="ask for the four stages in the prompt: auto does for models whose name does not say "
                             "they were trained on them (a trained model given by path wants never)")
     group.add_argument("--concurrency", type=int, default=16, help="questions in flight at once")
@@ -196,9 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str]) -> int:
-    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-    args = build_parser().parse_args(list(argv))
+    from models.engine_config import parse_engine_command
+
+    args = parse_engine_command(build_parser, argv)
     records = read_questions(args.data)[: args.limit]
     scored = asyncio.run(_score_over_http(args, records) if args.url else _score_in_process(args, records))
     summary = summarize(scored, args.strategy, args.beam_width)

@@ -1,10 +1,10 @@
-"""`llava-o1 train`: supervised fine-tuning on LLaVA-o1-100k-format records (models/synthetic_data.py),
+"""`llava-o1 train`: supervised fine-tuning on LLaVA-o1-100k-format records (training/synthetic_data.py),
 loss on the assistant's tokens only.
 
 A plain PyTorch loop (AdamW), sized for tiny models on a CPU: a step and/or time budget, a progress
 bar, checkpoints (model, processor, optimizer, step) in OUT/checkpoint-STEP, `--resume` from the
 latest one, and the final model in OUT, loadable by both engines. On GPUs, the same records go
-through the usual transformers/accelerate path (docs/training.md); this loop does not shard.
+through the usual transformers/accelerate path (docs/data.md); this loop does not shard.
 """
 
 from __future__ import annotations
@@ -15,7 +15,11 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase, ProcessorMixin
 
 CHECKPOINT_PREFIX = "checkpoint-"
 
@@ -45,17 +49,19 @@ def read_records(path: str | Path) -> list[Example]:
 class Collator:
     """Turns examples into a padded batch whose labels cover the assistant's answer only."""
 
-    def __init__(self, processor: Any):
+    def __init__(self, processor: ProcessorMixin):
         self.processor = processor
-        self.tokenizer = getattr(processor, "tokenizer", processor)
+        self.tokenizer = cast("PreTrainedTokenizerBase", getattr(processor, "tokenizer", processor))
         self.tokenizer.padding_side = "right"
 
     def conversation(self, example: Example, with_answer: bool) -> str:
         content = ([{"type": "image"}] if example.image else []) + [{"type": "text", "text": example.question}]
-        messages = [{"role": "user", "content": content}]
+        messages: list[dict[str, Any]] = [{"role": "user", "content": content}]
         if with_answer:
             messages.append({"role": "assistant", "content": [{"type": "text", "text": example.answer}]})
-        return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=not with_answer)
+        text = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=not with_answer)
+        assert isinstance(text, str)
+        return text
 
     def __call__(self, examples: list[Example]) -> dict:
         from PIL import Image
@@ -131,7 +137,8 @@ def train(model_dir: str, data: str, out: str, *, steps: int | None = None, max_
     return summary
 
 
-def save_checkpoint(model: Any, processor: Any, optimizer: Any, out_dir: Path, step: int, keep: int = 2) -> Path:
+def save_checkpoint(model: PreTrainedModel, processor: ProcessorMixin, optimizer: torch.optim.Optimizer,
+                    out_dir: Path, step: int, keep: int = 2) -> Path:
     import torch
 
     path = out_dir / f"{CHECKPOINT_PREFIX}{step}"

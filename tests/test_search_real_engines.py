@@ -5,15 +5,14 @@ from __future__ import annotations
 import re
 
 import pytest
+from helpers import STAGES, image_question
 
-from helpers import image_question
 from stage_search.config import SearchConfig
 from stage_search.events import SearchFinished, StageDecided
 from stage_search.search import run_search, stream_search
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
-STAGES = ["SUMMARY", "CAPTION", "REASONING", "CONCLUSION"]
 WELL_FORMED = re.compile(r"<SUMMARY>(.*)</SUMMARY>\n\n<CAPTION>(.*)</CAPTION>\n\n"
                          r"<REASONING>(.*)</REASONING>\n\n<CONCLUSION>(.*)</CONCLUSION>", re.S)
 TAG = re.compile(r"</?(SUMMARY|CAPTION|REASONING|CONCLUSION)>")

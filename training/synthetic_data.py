@@ -120,7 +120,7 @@ def as_multiple_choice(question: str, answer: str, kind: str, rng: random.Random
         pool = [str(n) for n in range(0, 8) if str(n) != answer]
     else:
         pool = [c for c in (*COLORS, "same") if c != answer]
-    options = rng.sample(pool, 3) + [answer]
+    options = [*rng.sample(pool, 3), answer]
     rng.shuffle(options)
     letter = LETTERS[options.index(answer)]
     listed = "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(options))
@@ -135,7 +135,8 @@ def make_record(index: int, image_name: str, scene: list[Shape], rng: random.Ran
     if rng.random() < 0.4:
         question, answer, options = as_multiple_choice(question, answer, kind, rng)
     conclusion = answer if options else f"The answer is {answer}."
-    value = stages.render(dict(zip((s.name for s in stages.stages), (summary, describe(scene), reasoning, conclusion))))
+    value = stages.render(dict(zip((s.name for s in stages.stages), (summary, describe(scene), reasoning, conclusion),
+                                    strict=True)))
     record = {"id": f"shapes-{index:06d}", "image": image_name, "kind": kind, "answer": answer,
               "conversations": [{"from": "human", "value": f"<image>\n{question}"}, {"from": "gpt", "value": value}]}
     if options:

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 SEED = 1234
+EMBEDDED_MODEL_NAME = "llava-o1-tiny"  # the name the embedded model is served under
 # Bump when the builder's output changes: cached copies of an older build are rebuilt.
 BUILDER_VERSION = 2
 IMAGE_SIZE = 56
@@ -154,7 +156,7 @@ def build_config(tokenizer, shape: TinyShape = TinyShape()):
         "image_size": shape.image_size,
         "patch_size": PATCH_SIZE,
     }
-    config = Idefics3Config(
+    config = Idefics3Config(  # type: ignore[call-arg]  # bos and eos go to PretrainedConfig's **kwargs
         text_config=text_config,
         vision_config=vision_config,
         scale_factor=SCALE_FACTOR,
@@ -192,14 +194,14 @@ def build_tiny_model(out_dir: str | os.PathLike, shape: TinyShape = TinyShape())
     Deterministic: the same files (weights bit for bit) on every call.
     """
     import torch
-    from transformers import Idefics3ForConditionalGeneration, GenerationConfig
+    from transformers import GenerationConfig, Idefics3ForConditionalGeneration
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(extra_corpus=shape.corpus)
     config = build_config(tokenizer, shape)
     torch.manual_seed(SEED)
-    model = Idefics3ForConditionalGeneration(config).to(torch.float32).eval()
+    model = Idefics3ForConditionalGeneration(config).float().eval()
     model.generation_config = GenerationConfig(
         bos_token_id=config.bos_token_id,
         eos_token_id=config.eos_token_id,
@@ -236,8 +238,11 @@ def ensure_default_model() -> Path:
         build_tiny_model(tmp)
         # Rename into place so a half-written folder is never taken for a model.
         if path.exists():
-            import shutil
-
             shutil.rmtree(path)
         tmp.rename(path)
     return path
+
+
+def embedded_model() -> tuple[str, str]:
+    """(path, served name) of the embedded random-weight tiny model, built into the cache once."""
+    return str(ensure_default_model()), EMBEDDED_MODEL_NAME

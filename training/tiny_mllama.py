@@ -1,7 +1,7 @@
 """A tiny random-weight Mllama (the architecture of Llama-3.2-Vision and of the LLaVA-CoT checkpoint).
 
 vLLM 0.32 has no Mllama, so this model exercises the transformers engine (`--engine hf`). Same
-idea as the embedded Idefics3 model (models/tiny_model.py): deterministic, a few hundred thousand
+idea as the embedded Idefics3 model (training/tiny_model.py): deterministic, a few hundred thousand
 parameters, the shared byte-level BPE tokenizer, gibberish output. What is Mllama-specific:
 Llama-3.2-Vision's special tokens and chat template style, one 56-pixel image tile, and a text
 model whose second layer is a cross-attention layer over the image.
@@ -13,7 +13,7 @@ import json
 import os
 from pathlib import Path
 
-from models.tiny_model import SEED, build_tokenizer
+from training.tiny_model import SEED, build_tokenizer
 
 BUILDER_VERSION = 1
 IMAGE_SIZE = 56
@@ -94,7 +94,7 @@ def build_tiny_mllama(out_dir: str | os.PathLike) -> Path:
     tokenizer = build_tokenizer(SPECIAL_TOKENS, CHAT_TEMPLATE, bos=BOS, eos=EOT, pad=PAD, image=IMAGE)
     config = build_config(tokenizer)
     torch.manual_seed(SEED)
-    model = MllamaForConditionalGeneration(config).to(torch.float32).eval()
+    model = MllamaForConditionalGeneration(config).float().eval()
     text = config.text_config
     model.generation_config = GenerationConfig(bos_token_id=text.bos_token_id, eos_token_id=text.eos_token_id,
                                                pad_token_id=text.pad_token_id)

@@ -58,6 +58,7 @@ async def reference_search(engine: Engine, messages: list[ChatMessage], config: 
 async def _with_error_check(engine: Engine, context: JudgeContext, contender: Contender, config: SearchConfig,
                             job_id: str) -> Contender:
     """The contender as the judge will see it: its text followed by the model's error check of it."""
+    assert context.stage is not None  # the check is asked in a stage, never of whole answers
     prompt = engine.render(context.messages(error_check_question(context.stage, contender.text)))
     settings = SamplingSettings(n=1, max_tokens=config.judge_max_tokens, temperature=0.0, use_prefix_cache=False)
     check = (await engine.generate(prompt, settings, job_id=job_id)).candidates[0]

@@ -3,7 +3,7 @@ client of the `ours` mode, which runs in a process of its own.
 
 Why a separate process: clients of a real server are elsewhere. Run inside the server's process,
 their JSON and SSE parsing would hold the server's interpreter lock and count as server cost.
-`python -m server.bench_load ...` runs one concurrency level and prints its samples as JSON.
+`python -m bench.load ...` runs one concurrency level and prints its samples as JSON.
 """
 
 from __future__ import annotations
@@ -13,15 +13,20 @@ import asyncio
 import base64
 import io
 import json
+import os
 import random
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 
 import httpx
+from tqdm import tqdm
 
 COLORS = ["red", "green", "blue", "yellow", "purple"]
 SHAPES = ["circle", "square", "triangle"]
+API_KEY_VARIABLE = "LLAVA_O1_BENCH_API_KEY"  # the client's key: not on its command line, where ps shows it
+PROGRESS_FORMAT = "{desc}: {n_fmt}/{total_fmt} requests [{elapsed}]"
 
 
 @dataclass
@@ -50,26 +55,16 @@ def synthetic_questions(count: int, seed: int = 0) -> list[tuple[str, str]]:
     return items
 
 
-class Progress:
-    def __init__(self, label: str, total: int):
-        self.label, self.total, self.done = label, total, 0
-        self._show()
-
-    def step(self) -> None:
-        self.done += 1
-        self._show()
-
-    def _show(self) -> None:
-        end = "\n" if self.done >= self.total else ""
-        print(f"\r  {self.label}: {self.done}/{self.total} requests", end=end, file=sys.stderr, flush=True)
-
-
-async def run_pool(count: int, concurrency: int, work, progress: Progress) -> tuple[list, int, float]:
-    """Run work(i) for i in range(count) with at most `concurrency` at once."""
+async def run_pool(count: int, concurrency: int, work: Callable[[int], Awaitable[Sample]],
+                   label: str) -> tuple[list[Sample], int, float]:
+    """Run work(i) for i in range(count) with at most `concurrency` at once; progress on stderr.
+    Returns the samples, the number of failed requests and the wall time."""
     queue = list(range(count))
-    results, failures = [], 0
+    results: list[Sample] = []
+    failures = 0
+    progress = tqdm(total=count, desc=f"  {label}", file=sys.stderr, bar_format=PROGRESS_FORMAT)
 
-    async def worker():
+    async def worker() -> None:
         nonlocal failures
         while queue:
             i = queue.pop(0)
@@ -77,11 +72,12 @@ async def run_pool(count: int, concurrency: int, work, progress: Progress) -> tu
                 results.append(await work(i))
             except Exception as exc:  # a failed request is counted, not fatal to the benchmark
                 failures += 1
-                print(f"\n  request {i} failed: {exc!r}", file=sys.stderr)
-            progress.step()
+                progress.write(f"  request {i} failed: {exc!r}", file=sys.stderr)
+            progress.update()
 
     started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    with progress:
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
     return results, failures, time.perf_counter() - started
 
 
@@ -122,11 +118,11 @@ async def drive(args: argparse.Namespace) -> dict:
         ask = lambda i: ours_request(client, args.model, *questions[i], args.beam_width, args.max_tokens_per_stage)
         if args.warmup:
             # The first requests pay one-off costs (compilation, caches).
-            await run_pool(args.warmup, args.warmup, lambda i: ask(args.requests + i), Progress("warm-up", args.warmup))
+            await run_pool(args.warmup, args.warmup, lambda i: ask(args.requests + i), "warm-up")
         if not args.requests:
             return {"wall_s": 0.0, "failures": 0, "samples": []}
         samples, failures, wall = await run_pool(args.requests, args.concurrency, ask,
-                                                 Progress(f"ours c={args.concurrency}{args.label}", args.requests))
+                                                 f"ours c={args.concurrency}{args.label}")
     return {"wall_s": wall, "failures": failures, "samples": [asdict(s) for s in samples]}
 
 
@@ -134,15 +130,11 @@ async def drive_in_subprocess(*, base_url: str, model: str, api_key: str | None,
                               warmup: int, beam_width: int, max_tokens_per_stage: int, data_seed: int,
                               label: str = "") -> dict:
     """Run `drive` in a child process (its progress goes to our stderr) and return its result."""
-    argv = [sys.executable, "-m", "server.bench_load", "--base-url", base_url, "--model", model,
+    argv = [sys.executable, "-m", "bench.load", "--base-url", base_url, "--model", model,
             "--concurrency", str(concurrency), "--requests", str(requests), "--warmup", str(warmup),
             "--beam-width", str(beam_width), "--max-tokens-per-stage", str(max_tokens_per_stage),
             "--data-seed", str(data_seed), "--label", label]
-    env = None
-    if api_key:
-        import os
-
-        env = {**os.environ, "LLAVA_O1_BENCH_API_KEY": api_key}
+    env = {**os.environ, API_KEY_VARIABLE: api_key} if api_key else None
     child = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE, env=env)
     out, _ = await child.communicate()
     if child.returncode != 0:
@@ -151,9 +143,7 @@ async def drive_in_subprocess(*, base_url: str, model: str, api_key: str | None,
 
 
 def main() -> int:
-    import os
-
-    parser = argparse.ArgumentParser(prog="python -m server.bench_load")
+    parser = argparse.ArgumentParser(prog="python -m bench.load")
     parser.add_argument("--base-url", required=True)
     parser.add_argument("--model", required=True)
     parser.add_argument("--concurrency", type=int, required=True)
@@ -164,7 +154,7 @@ def main() -> int:
     parser.add_argument("--data-seed", type=int, default=0)
     parser.add_argument("--label", default="", help="added to the progress line (e.g. the round)")
     args = parser.parse_args()
-    args.api_key = os.environ.get("LLAVA_O1_BENCH_API_KEY")  # not on the command line, where ps shows it
+    args.api_key = os.environ.get(API_KEY_VARIABLE)
     print(json.dumps(asyncio.run(drive(args))))
     return 0
 

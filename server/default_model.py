@@ -1,0 +1,22 @@
+"""The model `serve`, `ask` and `eval` run when `--model` is not given."""
+
+from __future__ import annotations
+
+import argparse
+
+from models.demo_weights import DEMO_DIR, DEMO_MODEL_NAME
+
+
+def use_default_model(args: argparse.Namespace) -> None:
+    """Without `--model`: the shipped demo model, or, in a checkout without its weights, the
+    embedded random tiny model (built into the cache once). Sets the served name too."""
+    if args.model is not None:
+        return
+    if (DEMO_DIR / "config.json").exists():
+        path, name = str(DEMO_DIR), DEMO_MODEL_NAME
+    else:
+        from training.tiny_model import embedded_model
+
+        path, name = embedded_model()
+    args.model = path
+    args.served_model_name = args.served_model_name or [name]

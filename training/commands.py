@@ -1,0 +1,95 @@
+"""The training commands of `llava-o1` (tiny-model, synth-data, train, demo-model): their options,
+and the call into this package. Heavy imports wait until the options are parsed."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+
+def tiny_model(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="llava-o1 tiny-model",
+        description="Build a tiny random-weight vision-language model (deterministic) into OUT_DIR.",
+    )
+    parser.add_argument("out_dir", metavar="OUT_DIR", help="folder to write the model to")
+    parser.add_argument("--arch", choices=("idefics3", "mllama"), default="idefics3",
+                        help="idefics3 (the embedded model; runs on vLLM) or mllama (Llama-3.2-Vision's "
+                             "architecture; runs on the hf engine)")
+    args = parser.parse_args(argv)
+    if args.arch == "mllama":
+        from training.tiny_mllama import build_tiny_mllama as build
+    else:
+        from training.tiny_model import build_tiny_model as build
+    path = build(args.out_dir)
+    print(f"tiny {args.arch} model written to {path}")
+    return 0
+
+
+def synth_data(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="llava-o1 synth-data",
+        description="Render shape scenes and write questions with four-stage answers: OUT/images/*.png, "
+                    "OUT/train.jsonl and OUT/test.jsonl (LLaVA-o1-100k record format). Deterministic per seed.",
+    )
+    parser.add_argument("--out", required=True, help="folder to write to")
+    parser.add_argument("--n", type=int, default=1000, help="number of records (default 1000)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--test-fraction", type=float, default=0.1, help="share of records in test.jsonl")
+    args = parser.parse_args(argv)
+    if args.n < 1 or not 0.0 <= args.test_fraction < 1.0:
+        parser.error("--n must be at least 1 and --test-fraction in [0, 1)")
+    from training.synthetic_data import write_dataset
+
+    sizes = write_dataset(args.out, args.n, args.seed, args.test_fraction)
+    print(f"{sizes['train']} train and {sizes['test']} test records written to {args.out}")
+    return 0
+
+
+def train_model(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="llava-o1 train",
+        description="Supervised fine-tuning on LLaVA-o1-100k-format records, loss on the assistant's tokens only. "
+                    "Writes the model to OUT, checkpoints to OUT/checkpoint-STEP.",
+    )
+    parser.add_argument("--model", help="model folder to start from (default: the embedded tiny model)")
+    parser.add_argument("--data", required=True, help="a .jsonl file of records (e.g. from synth-data)")
+    parser.add_argument("--out", required=True, help="folder for the trained model and its checkpoints")
+    parser.add_argument("--steps", type=int, help="stop after this many steps (counted from the start, across resumes)")
+    parser.add_argument("--max-minutes", type=float, help="stop after this many minutes of this run")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--save-every", type=int, default=100, help="checkpoint every N steps (0: never)")
+    parser.add_argument("--resume", action="store_true", help="go on from OUT's latest checkpoint")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.steps is None and args.max_minutes is None:
+        parser.error("give --steps, --max-minutes, or both")
+    from training.tiny_model import ensure_default_model
+    from training.train import train
+
+    summary = train(args.model or str(ensure_default_model()), args.data, args.out, steps=args.steps,
+                    max_minutes=args.max_minutes, batch_size=args.batch_size, lr=args.lr,
+                    save_every=args.save_every, resume=args.resume, seed=args.seed)
+    print(f"trained to step {summary['steps']}: loss {summary['first_loss']:.3f} -> {summary['last_loss']:.3f}; "
+          f"model written to {args.out}")
+    return 0
+
+
+def demo_model(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="llava-o1 demo-model",
+        description="Rebuild the demo model: synthetic shape questions from a fixed seed, a random tiny base, "
+                    "then training in five phases (about 60 minutes on 2 CPU cores).",
+    )
+    from models.demo_weights import DEMO_DIR
+    from training.demo_recipe import build_demo_model
+
+    parser.add_argument("--out", default=str(DEMO_DIR), help=f"where to write it (default: {DEMO_DIR})")
+    parser.add_argument("--steps-per-phase", type=int, default=100_000,
+                        help="step cap per phase; each phase otherwise ends on its time budget")
+    args = parser.parse_args(argv)
+    summary = build_demo_model(args.out, steps_per_phase=args.steps_per_phase)
+    last = summary["phases"][-1]
+    print(f"demo model written to {args.out}: loss {last['first_loss']:.3f} -> {last['last_loss']:.3f} in its last phase")
+    return 0
