@@ -91,11 +91,16 @@ async def serving(args: argparse.Namespace, plan: Plan, config: SearchConfig) ->
     print("starting the engine ...", file=sys.stderr)
     engine = start_engine(args)
     try:
-        settings = ServerSettings(search=config, max_beam_width=max(args.beam_width, 1),
-                                  max_concurrent_searches=max(plan.levels), max_queue=max(args.requests, 64))
+        settings = ServerSettings(
+            search=config,
+            max_beam_width=max(args.beam_width, 1),
+            max_concurrent_searches=max(plan.levels),
+            max_queue=max(args.requests, 64),
+        )
         port = _free_port()
-        server = uvicorn.Server(uvicorn.Config(create_app(engine, settings), host="127.0.0.1", port=port,
-                                               log_level="warning"))
+        server = uvicorn.Server(
+            uvicorn.Config(create_app(engine, settings), host="127.0.0.1", port=port, log_level="warning")
+        )
         server_task = asyncio.create_task(server.serve())
         try:
             while not server.started:
@@ -108,13 +113,22 @@ async def serving(args: argparse.Namespace, plan: Plan, config: SearchConfig) ->
         await engine.shutdown()
 
 
-async def run_ours(args: argparse.Namespace, target: Target, concurrency: int, requests: int, *, warmup: int = 0,
-                   label: str = "") -> Level:
+async def run_ours(
+    args: argparse.Namespace, target: Target, concurrency: int, requests: int, *, warmup: int = 0, label: str = ""
+) -> Level:
     """One level of `ours`: streaming clients in a process of their own against the server."""
     level = await drive_in_subprocess(
-        base_url=target.base_url, model=target.model, api_key=args.api_key, concurrency=concurrency,
-        requests=requests, warmup=warmup, beam_width=args.beam_width,
-        max_tokens_per_stage=args.max_tokens_per_stage, data_seed=args.data_seed, label=label)
+        base_url=target.base_url,
+        model=target.model,
+        api_key=args.api_key,
+        concurrency=concurrency,
+        requests=requests,
+        warmup=warmup,
+        beam_width=args.beam_width,
+        max_tokens_per_stage=args.max_tokens_per_stage,
+        data_seed=args.data_seed,
+        label=label,
+    )
     return Level("ours", concurrency, level["wall_s"], [Sample(**s) for s in level["samples"]], level["failures"])
 
 
@@ -128,13 +142,21 @@ def question_messages(plan: Plan, i: int) -> list[ChatMessage]:
     return [ChatMessage("user", (ChatPart.of_image(image), ChatPart.of_text(text)))]
 
 
-async def run_raw(args: argparse.Namespace, plan: Plan, engine: Engine, config: SearchConfig, concurrency: int,
-                  per_candidate: int, label: str = "") -> Level:
+async def run_raw(
+    args: argparse.Namespace,
+    plan: Plan,
+    engine: Engine,
+    config: SearchConfig,
+    concurrency: int,
+    per_candidate: int,
+    label: str = "",
+) -> Level:
     """One level of `raw`: beam-width candidates of `per_candidate` tokens per request, one engine call."""
     from models.engine import SamplingSettings
 
-    settings = SamplingSettings(n=args.beam_width, max_tokens=per_candidate, temperature=config.temperature,
-                                top_p=config.top_p, ignore_eos=True)
+    settings = SamplingSettings(
+        n=args.beam_width, max_tokens=per_candidate, temperature=config.temperature, top_p=config.top_p, ignore_eos=True
+    )
 
     async def one(i: int) -> Sample:
         prompt = engine.render(question_messages(plan, i))
@@ -152,8 +174,9 @@ async def run_reference(args: argparse.Namespace, plan: Plan, engine: Engine, co
 
     async def one(i: int) -> Sample:
         started = time.perf_counter()
-        tokens, first = await reference_search(engine, question_messages(plan, i), config, job_id=f"bench-ref-{i}",
-                                               seed=i)
+        tokens, first = await reference_search(
+            engine, question_messages(plan, i), config, job_id=f"bench-ref-{i}", seed=i
+        )
         return Sample(time.perf_counter() - started, first, tokens)
 
     samples, failures, wall = await run_pool(args.reference_requests, 1, one, "reference c=1")
@@ -163,8 +186,11 @@ async def run_reference(args: argparse.Namespace, plan: Plan, engine: Engine, co
 def raw_tokens_per_candidate(args: argparse.Namespace, ours: dict[int, list[Level]]) -> int:
     """Raw samples as many candidate tokens per request as ours has so far (all rounds, levels)."""
     samples = [s for runs in ours.values() for level in runs for s in level.samples]
-    per_request = (statistics.mean(s.candidate_tokens for s in samples) if samples
-                   else 4 * args.beam_width * args.max_tokens_per_stage)
+    per_request = (
+        statistics.mean(s.candidate_tokens for s in samples)
+        if samples
+        else 4 * args.beam_width * args.max_tokens_per_stage
+    )
     return max(1, round(per_request / args.beam_width))
 
 
@@ -200,11 +226,17 @@ async def bench(args: argparse.Namespace) -> dict:
     results: dict = {"modes": modes, "ratios": pooled}
     if by_round:
         results["ratios_by_round"] = by_round
-    results["settings"] = {"beam_width": args.beam_width, "max_tokens_per_stage": args.max_tokens_per_stage,
-                           "requests": args.requests, "rounds": args.rounds,
-                           "reference_requests": args.reference_requests,
-                           "concurrency": plan.levels, "model": target.model, "url": args.url,
-                           "judge": "logprob (ours), generative (reference)"}
+    results["settings"] = {
+        "beam_width": args.beam_width,
+        "max_tokens_per_stage": args.max_tokens_per_stage,
+        "requests": args.requests,
+        "rounds": args.rounds,
+        "reference_requests": args.reference_requests,
+        "concurrency": plan.levels,
+        "model": target.model,
+        "url": args.url,
+        "judge": "logprob (ours), generative (reference)",
+    }
     results["date"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     results["command"] = "llava-o1 bench " + " ".join(args.argv)
     return results
@@ -225,8 +257,11 @@ def _free_port() -> int:
 def build_parser() -> argparse.ArgumentParser:
     from models.engine_config import add_engine_arguments, make_parser
 
-    parser = make_parser("llava-o1 bench", "Benchmark the server against the published procedure and the "
-                                           "engine's limit (docs/benchmarks.md).", verbose_flag=True)
+    parser = make_parser(
+        "llava-o1 bench",
+        "Benchmark the server against the published procedure and the engine's limit (docs/benchmarks.md).",
+        verbose_flag=True,
+    )
     group = parser.add_argument_group("benchmark")
     group.add_argument("--modes", default=",".join(MODES), help="comma-separated: ours, reference, raw")
     group.add_argument("--concurrency", default="16", help="concurrent clients; a comma-separated list for a sweep")
@@ -234,8 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--max-tokens-per-stage", type=int, default=48)
     group.add_argument("--requests", type=int, default=48, help="requests per concurrency level (ours, raw)")
     group.add_argument("--reference-requests", type=int, default=4, help="requests for the reference mode")
-    group.add_argument("--rounds", type=int, default=3,
-                       help="ours and raw take turns this many times; their figures pool all rounds")
+    group.add_argument(
+        "--rounds", type=int, default=3, help="ours and raw take turns this many times; their figures pool all rounds"
+    )
     group.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic images and questions")
     group.add_argument("--url", help="benchmark a running server instead (ours mode only)")
     group.add_argument("--api-key", default=os.environ.get("LLAVA_O1_API_KEY"))

@@ -76,7 +76,9 @@ def read_questions(path: str | Path) -> list[dict]:
 def summarize(scored: list[dict], strategy: str, beam_width: int) -> dict:
     n = len(scored)
     return {
-        "strategy": strategy, "beam_width": beam_width, "questions": n,
+        "strategy": strategy,
+        "beam_width": beam_width,
+        "questions": n,
         "accuracy": sum(s["correct"] for s in scored) / n if n else 0.0,
         "valid_structure": sum(s["valid"] for s in scored) / n if n else 0.0,
         "completion_tokens_per_question": sum(s["completion_tokens"] for s in scored) / n if n else 0.0,
@@ -89,16 +91,23 @@ def _by_kind(scored: list[dict]) -> dict:
     kinds: dict[str, list[dict]] = {}
     for s in scored:
         kinds.setdefault(s["kind"], []).append(s)
-    return {k: {"questions": len(v), "accuracy": sum(x["correct"] for x in v) / len(v)} for k, v in sorted(kinds.items())}
+    return {
+        k: {"questions": len(v), "accuracy": sum(x["correct"] for x in v) / len(v)} for k, v in sorted(kinds.items())
+    }
 
 
 def markdown(summaries: list[dict]) -> str:
-    rows = ["| strategy | beam width | questions | accuracy | valid structure | completion tokens/question | judge tokens/question |",
-            "|---|---|---|---|---|---|---|"]
+    rows = [
+        "| strategy | beam width | questions | accuracy | valid structure "
+        "| completion tokens/question | judge tokens/question |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for s in summaries:
-        rows.append(f"| {s['strategy']} | {s['beam_width']} | {s['questions']} | {s['accuracy']:.1%} | "
-                    f"{s['valid_structure']:.1%} | {s['completion_tokens_per_question']:.1f} | "
-                    f"{s['judge_tokens_per_question']:.1f} |")
+        rows.append(
+            f"| {s['strategy']} | {s['beam_width']} | {s['questions']} | {s['accuracy']:.1%} | "
+            f"{s['valid_structure']:.1%} | {s['completion_tokens_per_question']:.1f} | "
+            f"{s['judge_tokens_per_question']:.1f} |"
+        )
     return "\n".join(rows)
 
 
@@ -113,9 +122,14 @@ async def _score_in_process(args, records: list[dict]) -> list[dict]:
 
     use_default_model(args)
     engine = start_engine(args)
-    config = SearchConfig(strategy=args.strategy, beam_width=args.beam_width,
-                          max_tokens_per_stage=args.max_tokens_per_stage, temperature=args.temperature,
-                          seed=args.search_seed, stage_prompt=args.stage_prompt)
+    config = SearchConfig(
+        strategy=args.strategy,
+        beam_width=args.beam_width,
+        max_tokens_per_stage=args.max_tokens_per_stage,
+        temperature=args.temperature,
+        seed=args.search_seed,
+        stage_prompt=args.stage_prompt,
+    )
     limit = asyncio.Semaphore(args.concurrency)
 
     async def one(record: dict) -> dict:
@@ -151,11 +165,18 @@ async def _score_over_http(args, records: list[dict]) -> list[dict]:
                 data = base64.b64encode(Path(record["_image_path"]).read_bytes()).decode()
                 content.append({"type": "image_url", "image_url": {"url": f"data:image/png;base64,{data}"}})
             content.append({"type": "text", "text": record["_question"]})
-            body = {"model": model, "messages": [{"role": "user", "content": content}],
-                    "temperature": args.temperature,
-                    "reasoning": {"strategy": args.strategy, "beam_width": args.beam_width, "trace": True,
-                                  "max_tokens_per_stage": args.max_tokens_per_stage,
-                                  "stage_prompt": args.stage_prompt}}
+            body = {
+                "model": model,
+                "messages": [{"role": "user", "content": content}],
+                "temperature": args.temperature,
+                "reasoning": {
+                    "strategy": args.strategy,
+                    "beam_width": args.beam_width,
+                    "trace": True,
+                    "max_tokens_per_stage": args.max_tokens_per_stage,
+                    "stage_prompt": args.stage_prompt,
+                },
+            }
             if args.search_seed is not None:
                 body["seed"] = args.search_seed
             async with limit:
@@ -168,18 +189,26 @@ async def _score_over_http(args, records: list[dict]) -> list[dict]:
 
 
 def _score(record: dict, conclusion: str, trace: dict) -> dict:
-    return {"id": record["id"], "kind": record.get("kind", "all"), "correct": is_correct(record, conclusion),
-            "valid": valid_structure(trace), "conclusion": conclusion.strip(),
-            "completion_tokens": trace["usage"]["completion_tokens"], "judge_tokens": trace["usage"]["judge_tokens"]}
+    return {
+        "id": record["id"],
+        "kind": record.get("kind", "all"),
+        "correct": is_correct(record, conclusion),
+        "valid": valid_structure(trace),
+        "conclusion": conclusion.strip(),
+        "completion_tokens": trace["usage"]["completion_tokens"],
+        "judge_tokens": trace["usage"]["judge_tokens"],
+    }
 
 
 def build_parser() -> argparse.ArgumentParser:
     from models.engine_config import add_engine_arguments, make_parser
     from stage_search.config import STAGE_PROMPTS, STRATEGY_NAMES
 
-    parser = make_parser("llava-o1 eval",
-                         "Score a search strategy on records with known answers (accuracy, structure, tokens).",
-                         verbose_flag=True)
+    parser = make_parser(
+        "llava-o1 eval",
+        "Score a search strategy on records with known answers (accuracy, structure, tokens).",
+        verbose_flag=True,
+    )
     group = parser.add_argument_group("evaluation")
     group.add_argument("--data", required=True, help="a .jsonl file of records (e.g. synth-data's test.jsonl)")
     group.add_argument("--strategy", default="none", choices=STRATEGY_NAMES)
@@ -187,9 +216,13 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--max-tokens-per-stage", type=int, default=96)
     group.add_argument("--temperature", type=float, default=0.0, help="0: greedy (the default)")
     group.add_argument("--search-seed", type=int, help="seed for reproducible candidates (as in ask)")
-    group.add_argument("--stage-prompt", choices=STAGE_PROMPTS, default="auto",
-                       help="ask for the four stages in the prompt: auto does for models whose name does not say "
-                            "they were trained on them (a trained model given by path wants never)")
+    group.add_argument(
+        "--stage-prompt",
+        choices=STAGE_PROMPTS,
+        default="auto",
+        help="ask for the four stages in the prompt: auto does for models whose name does not say "
+        "they were trained on them (a trained model given by path wants never)",
+    )
     group.add_argument("--concurrency", type=int, default=16, help="questions in flight at once")
     group.add_argument("--limit", type=int, help="only the first N questions")
     group.add_argument("--url", help="score a running server instead of starting an engine here")

@@ -55,8 +55,9 @@ def synthetic_questions(count: int, seed: int = 0) -> list[tuple[str, str]]:
     return items
 
 
-async def run_pool(count: int, concurrency: int, work: Callable[[int], Awaitable[Sample]],
-                   label: str) -> tuple[list[Sample], int, float]:
+async def run_pool(
+    count: int, concurrency: int, work: Callable[[int], Awaitable[Sample]], label: str
+) -> tuple[list[Sample], int, float]:
     """Run work(i) for i in range(count) with at most `concurrency` at once; progress on stderr.
     Returns the samples, the number of failed requests and the wall time."""
     queue = list(range(count))
@@ -82,10 +83,18 @@ async def run_pool(count: int, concurrency: int, work: Callable[[int], Awaitable
 
 
 async def ours_request(client: httpx.AsyncClient, model: str, url: str, text: str, beam: int, per_stage: int) -> Sample:
-    body = {"model": model, "stream": True, "stream_options": {"include_usage": True},
-            "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
-                                                      {"type": "text", "text": text}]}],
-            "reasoning": {"strategy": "stage", "beam_width": beam, "max_tokens_per_stage": per_stage}}
+    body = {
+        "model": model,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "messages": [
+            {
+                "role": "user",
+                "content": [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": text}],
+            }
+        ],
+        "reasoning": {"strategy": "stage", "beam_width": beam, "max_tokens_per_stage": per_stage},
+    }
     started = time.perf_counter()
     first, tokens = None, 0
     async with client.stream("POST", "/v1/chat/completions", json=body) as response:
@@ -121,19 +130,49 @@ async def drive(args: argparse.Namespace) -> dict:
             await run_pool(args.warmup, args.warmup, lambda i: ask(args.requests + i), "warm-up")
         if not args.requests:
             return {"wall_s": 0.0, "failures": 0, "samples": []}
-        samples, failures, wall = await run_pool(args.requests, args.concurrency, ask,
-                                                 f"ours c={args.concurrency}{args.label}")
+        samples, failures, wall = await run_pool(
+            args.requests, args.concurrency, ask, f"ours c={args.concurrency}{args.label}"
+        )
     return {"wall_s": wall, "failures": failures, "samples": [asdict(s) for s in samples]}
 
 
-async def drive_in_subprocess(*, base_url: str, model: str, api_key: str | None, concurrency: int, requests: int,
-                              warmup: int, beam_width: int, max_tokens_per_stage: int, data_seed: int,
-                              label: str = "") -> dict:
+async def drive_in_subprocess(
+    *,
+    base_url: str,
+    model: str,
+    api_key: str | None,
+    concurrency: int,
+    requests: int,
+    warmup: int,
+    beam_width: int,
+    max_tokens_per_stage: int,
+    data_seed: int,
+    label: str = "",
+) -> dict:
     """Run `drive` in a child process (its progress goes to our stderr) and return its result."""
-    argv = [sys.executable, "-m", "bench.load", "--base-url", base_url, "--model", model,
-            "--concurrency", str(concurrency), "--requests", str(requests), "--warmup", str(warmup),
-            "--beam-width", str(beam_width), "--max-tokens-per-stage", str(max_tokens_per_stage),
-            "--data-seed", str(data_seed), "--label", label]
+    argv = [
+        sys.executable,
+        "-m",
+        "bench.load",
+        "--base-url",
+        base_url,
+        "--model",
+        model,
+        "--concurrency",
+        str(concurrency),
+        "--requests",
+        str(requests),
+        "--warmup",
+        str(warmup),
+        "--beam-width",
+        str(beam_width),
+        "--max-tokens-per-stage",
+        str(max_tokens_per_stage),
+        "--data-seed",
+        str(data_seed),
+        "--label",
+        label,
+    ]
     env = {**os.environ, API_KEY_VARIABLE: api_key} if api_key else None
     child = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE, env=env)
     out, _ = await child.communicate()

@@ -24,18 +24,26 @@ from stage_search.search_job import SearchJob
 ERROR_CHECKED_STAGE = "REASONING"
 
 
-async def reference_search(engine: Engine, messages: list[ChatMessage], config: SearchConfig, *,
-                           job_id: str, seed: int = 0) -> tuple[int, float | None]:
+async def reference_search(
+    engine: Engine, messages: list[ChatMessage], config: SearchConfig, *, job_id: str, seed: int = 0
+) -> tuple[int, float | None]:
     """Answer one question the published way; returns (candidate tokens, seconds to the first stage)."""
     job = SearchJob(engine, messages, config.with_(judge="generative"), job_id=job_id)
-    judge = PairwiseJudge(engine, mode="generative", job_id=job_id, max_tokens=config.judge_max_tokens,
-                          use_prefix_cache=False)
+    judge = PairwiseJudge(
+        engine, mode="generative", job_id=job_id, max_tokens=config.judge_max_tokens, use_prefix_cache=False
+    )
     rng = random.Random(seed)
     accepted, tokens, first_stage = "", 0, None
     for stage in job.stages:
         prompt = engine.render(job.messages, accepted + stage.open_tag)
-        settings = SamplingSettings(n=1, max_tokens=job.token_limit(stage.index), temperature=config.temperature,
-                                    top_p=config.top_p, stop=(stage.close_tag,), use_prefix_cache=False)
+        settings = SamplingSettings(
+            n=1,
+            max_tokens=job.token_limit(stage.index),
+            temperature=config.temperature,
+            top_p=config.top_p,
+            stop=(stage.close_tag,),
+            use_prefix_cache=False,
+        )
         texts = []
         for _ in range(config.beam_width):
             candidate = (await engine.generate(prompt, settings, job_id=job_id)).candidates[0]
@@ -55,8 +63,9 @@ async def reference_search(engine: Engine, messages: list[ChatMessage], config: 
     return tokens, first_stage
 
 
-async def _with_error_check(engine: Engine, context: JudgeContext, contender: Contender, config: SearchConfig,
-                            job_id: str) -> Contender:
+async def _with_error_check(
+    engine: Engine, context: JudgeContext, contender: Contender, config: SearchConfig, job_id: str
+) -> Contender:
     """The contender as the judge will see it: its text followed by the model's error check of it."""
     assert context.stage is not None  # the check is asked in a stage, never of whole answers
     prompt = engine.render(context.messages(error_check_question(context.stage, contender.text)))

@@ -22,14 +22,20 @@ class Level:
     @classmethod
     def merged(cls, runs: list[Level]) -> Level:
         """The rounds of one mode and concurrency as one level: rates pooled over their summed time."""
-        return cls(runs[0].mode, runs[0].concurrency, sum(r.wall_s for r in runs),
-                   [s for r in runs for s in r.samples], sum(r.failures for r in runs),
-                   [len(r.samples) / r.wall_s if r.wall_s else 0.0 for r in runs])
+        return cls(
+            runs[0].mode,
+            runs[0].concurrency,
+            sum(r.wall_s for r in runs),
+            [s for r in runs for s in r.samples],
+            sum(r.failures for r in runs),
+            [len(r.samples) / r.wall_s if r.wall_s else 0.0 for r in runs],
+        )
 
     def summary(self) -> dict:
         latency_p50, latency_p95, latency_p99 = percentiles([s.latency_s for s in self.samples], 50, 95, 99)
-        first_p50, first_p95 = percentiles([s.first_stage_s for s in self.samples if s.first_stage_s is not None],
-                                           50, 95)
+        first_p50, first_p95 = percentiles(
+            [s.first_stage_s for s in self.samples if s.first_stage_s is not None], 50, 95
+        )
         tokens = sum(s.candidate_tokens for s in self.samples)
         return {
             "concurrency": self.concurrency,
@@ -73,22 +79,27 @@ def ratios(modes: dict[str, dict]) -> tuple[dict[str, float], dict[str, list[flo
         pooled["ours_vs_raw"] = rps["ours"] / rps["raw"]
         # Ours and raw take turns, so each round's pair shared the machine's state of the moment:
         # their spread says how far the pooled ratio can be trusted on a shared machine.
-        rounds = zip(modes["ours"]["rounds_requests_per_second"], modes["raw"]["rounds_requests_per_second"],
-                     strict=True)
+        rounds = zip(
+            modes["ours"]["rounds_requests_per_second"], modes["raw"]["rounds_requests_per_second"], strict=True
+        )
         by_round["ours_vs_raw"] = [ours / raw for ours, raw in rounds if raw]
     return pooled, by_round
 
 
 def markdown_table(results: dict) -> str:
-    rows = ["| mode | concurrency | requests/s | candidate tokens/s | p50 s | p95 s | p99 s | first stage p50 s |",
-            "|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| mode | concurrency | requests/s | candidate tokens/s | p50 s | p95 s | p99 s | first stage p50 s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     fmt = lambda v: "-" if v is None else f"{v:.3f}"
     for name, mode in results["modes"].items():
         for level in mode["by_concurrency"]:
-            rows.append(f"| {name} | {level['concurrency']} | {level['requests_per_second']:.3f} | "
-                        f"{level['candidate_tokens_per_second']:.1f} | {fmt(level['latency_p50_s'])} | "
-                        f"{fmt(level['latency_p95_s'])} | {fmt(level['latency_p99_s'])} | "
-                        f"{fmt(level['first_stage_p50_s'])} |")
+            rows.append(
+                f"| {name} | {level['concurrency']} | {level['requests_per_second']:.3f} | "
+                f"{level['candidate_tokens_per_second']:.1f} | {fmt(level['latency_p50_s'])} | "
+                f"{fmt(level['latency_p95_s'])} | {fmt(level['latency_p99_s'])} | "
+                f"{fmt(level['first_stage_p50_s'])} |"
+            )
     if results.get("ratios"):
         rows.append("")
         by_round = results.get("ratios_by_round", {})
@@ -110,8 +121,13 @@ def plot(results: dict, path: Path) -> None:
         xs = [lvl["concurrency"] for lvl in mode["by_concurrency"]]
         left.plot(xs, [lvl["requests_per_second"] for lvl in mode["by_concurrency"]], marker="o", label=name)
         right.plot(xs, [lvl["latency_p50_s"] for lvl in mode["by_concurrency"]], marker="o", label=f"{name} p50")
-        right.plot(xs, [lvl["latency_p99_s"] for lvl in mode["by_concurrency"]], marker="x", linestyle="--",
-                   label=f"{name} p99")
+        right.plot(
+            xs,
+            [lvl["latency_p99_s"] for lvl in mode["by_concurrency"]],
+            marker="x",
+            linestyle="--",
+            label=f"{name} p99",
+        )
     left.set(title="Throughput", xlabel="concurrent clients", ylabel="requests / s", yscale="log")
     right.set(title="End-to-end latency", xlabel="concurrent clients", ylabel="seconds", yscale="log")
     for axis in (left, right):

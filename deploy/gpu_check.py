@@ -27,12 +27,24 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 REAL_VISION = {  # Llama-3.2-11B-Vision
-    "hidden_size": 1280, "intermediate_size": 5120, "num_hidden_layers": 32, "num_global_layers": 8,
-    "attention_heads": 16, "image_size": 560, "patch_size": 14, "max_num_tiles": 4, "vision_output_dim": 7680,
+    "hidden_size": 1280,
+    "intermediate_size": 5120,
+    "num_hidden_layers": 32,
+    "num_global_layers": 8,
+    "attention_heads": 16,
+    "image_size": 560,
+    "patch_size": 14,
+    "max_num_tiles": 4,
+    "vision_output_dim": 7680,
 }
 REAL_TEXT = {
-    "vocab_size": 128256, "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 40,
-    "num_attention_heads": 32, "num_key_value_heads": 8, "max_position_embeddings": 131072,
+    "vocab_size": 128256,
+    "hidden_size": 4096,
+    "intermediate_size": 14336,
+    "num_hidden_layers": 40,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "max_position_embeddings": 131072,
     "cross_attention_layers": [3, 8, 13, 18, 23, 28, 33, 38],
 }
 
@@ -46,8 +58,14 @@ def build_engine(size: str):
     from training import tiny_mllama
     from training.tiny_model import build_tokenizer
 
-    tokenizer = build_tokenizer(tiny_mllama.SPECIAL_TOKENS, tiny_mllama.CHAT_TEMPLATE, bos=tiny_mllama.BOS,
-                                eos=tiny_mllama.EOT, pad=tiny_mllama.PAD, image=tiny_mllama.IMAGE)
+    tokenizer = build_tokenizer(
+        tiny_mllama.SPECIAL_TOKENS,
+        tiny_mllama.CHAT_TEMPLATE,
+        bos=tiny_mllama.BOS,
+        eos=tiny_mllama.EOT,
+        pad=tiny_mllama.PAD,
+        image=tiny_mllama.IMAGE,
+    )
     if size == "tiny":
         config = tiny_mllama.build_config(tokenizer)
         processor = tiny_mllama.build_processor(tokenizer)
@@ -57,13 +75,21 @@ def build_engine(size: str):
         from transformers.models.mllama.image_processing_pil_mllama import MllamaImageProcessorPil
 
         ids = {t: tokenizer.convert_tokens_to_ids(t) for t in (tiny_mllama.BOS, tiny_mllama.EOT, tiny_mllama.PAD)}
-        text = {**REAL_TEXT, "bos_token_id": ids[tiny_mllama.BOS], "eos_token_id": ids[tiny_mllama.EOT],
-                "pad_token_id": ids[tiny_mllama.PAD]}
-        config = MllamaConfig(vision_config=REAL_VISION, text_config=text,
-                              image_token_index=tokenizer.convert_tokens_to_ids(tiny_mllama.IMAGE))
+        text = {
+            **REAL_TEXT,
+            "bos_token_id": ids[tiny_mllama.BOS],
+            "eos_token_id": ids[tiny_mllama.EOT],
+            "pad_token_id": ids[tiny_mllama.PAD],
+        }
+        config = MllamaConfig(
+            vision_config=REAL_VISION,
+            text_config=text,
+            image_token_index=tokenizer.convert_tokens_to_ids(tiny_mllama.IMAGE),
+        )
         image_processor = MllamaImageProcessorPil(size={"height": 560, "width": 560}, max_image_tiles=4)
-        processor = MllamaProcessor(image_processor=image_processor, tokenizer=tokenizer,
-                                    chat_template=tiny_mllama.CHAT_TEMPLATE)
+        processor = MllamaProcessor(
+            image_processor=image_processor, tokenizer=tokenizer, chat_template=tiny_mllama.CHAT_TEMPLATE
+        )
         device, dtype = "cuda", torch.bfloat16
     started = time.perf_counter()
     torch.manual_seed(0)
@@ -76,8 +102,11 @@ def build_engine(size: str):
         torch.set_default_dtype(default)
     parameters = sum(p.numel() for p in model.parameters())
     engine = HfEngine(model, processor, ChatTemplateRenderer(processor), f"random-mllama-{size}", 4096)
-    return engine, {"parameters": parameters, "build_s": round(time.perf_counter() - started, 1),
-                    "dtype": str(dtype).removeprefix("torch.")}
+    return engine, {
+        "parameters": parameters,
+        "build_s": round(time.perf_counter() - started, 1),
+        "dtype": str(dtype).removeprefix("torch."),
+    }
 
 
 def questions(count: int):
@@ -104,9 +133,15 @@ async def timed_pool(work, count: int) -> dict:
     wall = time.perf_counter() - started
     latencies = sorted(r[0] for r in results)
     tokens = sum(r[1] for r in results)
-    return {"requests": count, "wall_s": round(wall, 2), "requests_per_second": round(count / wall, 3),
-            "candidate_tokens_per_second": round(tokens / wall, 1), "candidate_tokens_per_request": tokens / count,
-            "latency_p50_s": round(statistics.median(latencies), 2), "latency_max_s": round(latencies[-1], 2)}
+    return {
+        "requests": count,
+        "wall_s": round(wall, 2),
+        "requests_per_second": round(count / wall, 3),
+        "candidate_tokens_per_second": round(tokens / wall, 1),
+        "candidate_tokens_per_request": tokens / count,
+        "latency_p50_s": round(statistics.median(latencies), 2),
+        "latency_max_s": round(latencies[-1], 2),
+    }
 
 
 async def run(args) -> dict:
@@ -130,18 +165,33 @@ async def run(args) -> dict:
     per_candidate = round(ours["candidate_tokens_per_request"] / args.beam_width)
 
     async def plain(i):
-        settings = SamplingSettings(n=args.beam_width, max_tokens=per_candidate, temperature=0.6, top_p=0.9,
-                                    ignore_eos=True, use_prefix_cache=False)
+        settings = SamplingSettings(
+            n=args.beam_width,
+            max_tokens=per_candidate,
+            temperature=0.6,
+            top_p=0.9,
+            ignore_eos=True,
+            use_prefix_cache=False,
+        )
         generation = await engine.generate(engine.render(asked[i]), settings, job_id=f"plain-{i}")
         return sum(c.num_tokens for c in generation.candidates)
 
     raw = await timed_pool(plain, args.requests)
     await engine.shutdown()
     device = torch.cuda.get_device_name(0) if size == "real" else platform.processor() or platform.machine()
-    return {"device": device, "size": size, **built, "torch": torch.__version__,
-            "transformers": transformers.__version__, "concurrency": args.requests, "beam_width": args.beam_width,
-            "max_tokens_per_stage": args.max_tokens_per_stage, "stage_search": ours, "plain_generate": raw,
-            "stage_search_vs_plain": round(ours["requests_per_second"] / raw["requests_per_second"], 3)}
+    return {
+        "device": device,
+        "size": size,
+        **built,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "concurrency": args.requests,
+        "beam_width": args.beam_width,
+        "max_tokens_per_stage": args.max_tokens_per_stage,
+        "stage_search": ours,
+        "plain_generate": raw,
+        "stage_search_vs_plain": round(ours["requests_per_second"] / raw["requests_per_second"], 3),
+    }
 
 
 def main() -> int:

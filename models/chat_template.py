@@ -39,8 +39,9 @@ class ChatTemplateRenderer:
         if not messages:
             raise ValueError("at least one message is needed")
         conversation = [self._to_hf(m) for m in messages]
-        images = tuple(p.image for m in messages if not isinstance(m.content, str) for p in m.content
-                       if p.image is not None)
+        images = tuple(
+            p.image for m in messages if not isinstance(m.content, str) for p in m.content if p.image is not None
+        )
         if assistant_prefix:
             conversation.append({"role": "assistant", "content": [{"type": "text", "text": assistant_prefix}]})
             text = self._apply(conversation, add_generation_prompt=False, continue_final_message=True)
@@ -48,16 +49,20 @@ class ChatTemplateRenderer:
             # trims it; the search relies on the exact prefix, so put it back.
             stripped = assistant_prefix.rstrip()
             if text.endswith(stripped) and not text.endswith(assistant_prefix):
-                text += assistant_prefix[len(stripped):]
+                text += assistant_prefix[len(stripped) :]
         else:
             text = self._apply(conversation, add_generation_prompt=True)
         return Prompt(text=text, images=images)
 
-    def _apply(self, conversation: list[dict[str, Any]], *, add_generation_prompt: bool,
-               continue_final_message: bool = False) -> str:
-        text = self._templater.apply_chat_template(conversation, tokenize=False,
-                                                   add_generation_prompt=add_generation_prompt,
-                                                   continue_final_message=continue_final_message)
+    def _apply(
+        self, conversation: list[dict[str, Any]], *, add_generation_prompt: bool, continue_final_message: bool = False
+    ) -> str:
+        text = self._templater.apply_chat_template(
+            conversation,
+            tokenize=False,
+            add_generation_prompt=add_generation_prompt,
+            continue_final_message=continue_final_message,
+        )
         assert isinstance(text, str)  # tokenize=False: one conversation in, its text out
         return text
 
@@ -66,6 +71,7 @@ class ChatTemplateRenderer:
         if isinstance(message.content, str):
             parts = [{"type": "text", "text": message.content}]
         else:
-            parts = [{"type": "image"} if p.type == "image" else {"type": "text", "text": p.text}
-                     for p in message.content]
+            parts = [
+                {"type": "image"} if p.type == "image" else {"type": "text", "text": p.text} for p in message.content
+            ]
         return {"role": message.role, "content": parts}

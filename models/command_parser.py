@@ -43,8 +43,12 @@ class CommandParser(FlexibleArgumentParser):
                 formatter.end_section()
         groups = ", ".join(g.title or "" for g in self._action_groups[start:] if g._group_actions)
         formatter.start_section("engine options (vLLM's flags, as `vllm serve` takes them)")
-        formatter.add_text(textwrap.fill(
-            "--model MODEL, --max-model-len N, --dtype ... and every other vLLM engine flag. `--help=GROUP` "
-            f"lists one group's flags, `--help=all` all of them. Groups: {groups}.", width=78))
+        formatter.add_text(
+            textwrap.fill(
+                "--model MODEL, --max-model-len N, --dtype ... and every other vLLM engine flag. `--help=GROUP` "
+                f"lists one group's flags, `--help=all` all of them. Groups: {groups}.",
+                width=78,
+            )
+        )
         formatter.end_section()
         return formatter.format_help()

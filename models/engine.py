@@ -178,9 +178,7 @@ class Engine(abc.ABC):
         yield StreamDelta(candidate.text, candidate, generation.prompt_tokens, generation.cached_tokens)
 
     @abc.abstractmethod
-    async def choose(
-        self, prompt: Prompt, options: Sequence[str], *, job_id: str, priority: int = 0
-    ) -> ChoiceResult:
+    async def choose(self, prompt: Prompt, options: Sequence[str], *, job_id: str, priority: int = 0) -> ChoiceResult:
         """Probabilities of each option (each exactly one token) as the next token, summing to 1."""
 
     @abc.abstractmethod

@@ -67,12 +67,15 @@ def make_parser(prog: str, description: str | None = None, *, verbose_flag: bool
 
     parser = CommandParser(prog, description)
     if verbose_flag:
-        parser.add_argument("-v", "--verbose", action="store_true",
-                            help="show vLLM's per-weight loading warnings (quiet by default)")
+        parser.add_argument(
+            "-v", "--verbose", action="store_true", help="show vLLM's per-weight loading warnings (quiet by default)"
+        )
     return parser
 
 
-def parse_engine_command(build_parser: Callable[[], argparse.ArgumentParser], argv: Sequence[str]) -> argparse.Namespace:
+def parse_engine_command(
+    build_parser: Callable[[], argparse.ArgumentParser], argv: Sequence[str]
+) -> argparse.Namespace:
     """Parse the flags of a command whose stdout is its result (ask, eval, bench): vLLM logs to
     stderr, warnings only, and its per-weight warnings are filtered out unless -v was given. Set
     before vLLM is imported and before the engine starts; vLLM's processes inherit both."""

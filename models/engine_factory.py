@@ -15,9 +15,12 @@ log = logging.getLogger(__name__)
 
 
 def add_engine_choice(parser: argparse.ArgumentParser) -> argparse.Action:
-    return parser.add_argument("--engine", choices=ENGINES, default="auto",
-                        help="vllm, hf (transformers), or auto: vLLM when it is installed and runs the "
-                             "model's architecture, else hf")
+    return parser.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="auto",
+        help="vllm, hf (transformers), or auto: vLLM when it is installed and runs the model's architecture, else hf",
+    )
 
 
 def start_engine(args: argparse.Namespace) -> Engine:
@@ -31,8 +34,9 @@ def start_engine(args: argparse.Namespace) -> Engine:
     if kind == "hf":
         from models.hf_engine import HfEngine
 
-        return HfEngine.from_pretrained(model, model_name=served or model, dtype=args.dtype,
-                                        max_model_len=args.max_model_len)
+        return HfEngine.from_pretrained(
+            model, model_name=served or model, dtype=args.dtype, max_model_len=args.max_model_len
+        )
     from models.engine_config import engine_args_from
     from models.vllm_engine import VllmEngine
 

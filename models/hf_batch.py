@@ -24,8 +24,11 @@ def signature(group: Group, cross_layers: set[int]) -> tuple:
     """Groups with equal signatures can share a batch."""
     cache = own_cache(group)
     # A cross-attention layer is empty until the image has gone through it.
-    shapes = tuple(tuple(layer_tensors(cache, i)[0].shape[1:]) for i in sorted(cross_layers)
-                   if getattr(cache.layers[i], "keys", None) is not None)
+    shapes = tuple(
+        tuple(layer_tensors(cache, i)[0].shape[1:])
+        for i in sorted(cross_layers)
+        if getattr(cache.layers[i], "keys", None) is not None
+    )
     mask = None if group.cross_mask is None else tuple(group.cross_mask.shape[2:])
     return shapes, mask
 
@@ -39,8 +42,13 @@ def own_cache(group: Group) -> DynamicCache:
 class Batch:
     """Groups decoded together. Owns their caches from construction until `split()`."""
 
-    def __init__(self, groups: Sequence[Group], new_cache: Callable[[], DynamicCache], cross_layers: set[int],
-                 device: torch.device):
+    def __init__(
+        self,
+        groups: Sequence[Group],
+        new_cache: Callable[[], DynamicCache],
+        cross_layers: set[int],
+        device: torch.device,
+    ):
         import torch
         import torch.nn.functional as F
 
@@ -61,7 +69,7 @@ class Batch:
         masks = []
         for g in self.groups:
             row = torch.zeros(g.n, self.width, dtype=torch.long, device=device)
-            row[:, self.width - g.length:] = 1
+            row[:, self.width - g.length :] = 1
             masks.append(row)
         self.mask = torch.cat(masks)
         cross_masks = [g.cross_mask for g in self.groups if g.cross_mask is not None]
@@ -77,14 +85,21 @@ class Batch:
         positions = torch.tensor([g.length for g in self.groups for _ in range(g.n)], device=self._device)[:, None]
         self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=1)
         kwargs = {} if self.cross_mask is None else {"cross_attention_mask": self.cross_mask}
-        out = model(input_ids=tokens, past_key_values=self.cache, attention_mask=self.mask, position_ids=positions,
-                    cache_position=torch.tensor([self.width], device=self._device), use_cache=True, **kwargs)
+        out = model(
+            input_ids=tokens,
+            past_key_values=self.cache,
+            attention_mask=self.mask,
+            position_ids=positions,
+            cache_position=torch.tensor([self.width], device=self._device),
+            use_cache=True,
+            **kwargs,
+        )
         self.cache = out.past_key_values
         self.width += 1
         logits, start = [], 0
         for g in self.groups:
             g.fed_next()
-            logits.append(out.logits[start:start + g.n, -1, :])
+            logits.append(out.logits[start : start + g.n, -1, :])
             start += g.n
         return logits
 
@@ -96,9 +111,9 @@ class Batch:
             cache = new_cache()
             for index in range(len(self.cache.layers)):
                 keys, values = layer_tensors(self.cache, index)
-                keys, values = keys[start:start + g.n], values[start:start + g.n]
+                keys, values = keys[start : start + g.n], values[start : start + g.n]
                 if index not in self._cross_layers:
-                    keys, values = keys[..., self.width - g.length:, :], values[..., self.width - g.length:, :]
+                    keys, values = keys[..., self.width - g.length :, :], values[..., self.width - g.length :, :]
                 cache.update(keys, values, index)
             g.cache = cache
             start += g.n

@@ -70,8 +70,14 @@ class _Call:
 class HfEngine(Engine):
     """Runs one model with transformers (`AutoModelForImageTextToText`, or a causal LM)."""
 
-    def __init__(self, model: PreTrainedModel, processor: ProcessorMixin | PreTrainedTokenizerBase, renderer: ChatTemplateRenderer, model_name: str,
-                 max_model_len: int):
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        processor: ProcessorMixin | PreTrainedTokenizerBase,
+        renderer: ChatTemplateRenderer,
+        model_name: str,
+        max_model_len: int,
+    ):
         self._model = model
         self._processor = processor
         # A text-only model's "processor" is its tokenizer.
@@ -105,8 +111,15 @@ class HfEngine(Engine):
         self._thread.start()
 
     @classmethod
-    def from_pretrained(cls, path: str, *, model_name: str | None = None, dtype: str = "auto",
-                        device: str | None = None, max_model_len: int | None = None) -> HfEngine:
+    def from_pretrained(
+        cls,
+        path: str,
+        *,
+        model_name: str | None = None,
+        dtype: str = "auto",
+        device: str | None = None,
+        max_model_len: int | None = None,
+    ) -> HfEngine:
         """Load a model folder or hub id. bf16 on a GPU (spread with device_map="auto" over several),
         float32 on a CPU unless `dtype` says otherwise."""
         import torch
@@ -133,15 +146,15 @@ class HfEngine(Engine):
     def render(self, messages: Sequence[ChatMessage], assistant_prefix: str = "") -> Prompt:
         return self._renderer.render(messages, assistant_prefix)
 
-    async def generate(self, prompt: Prompt, settings: SamplingSettings, *, job_id: str,
-                       priority: int = 0) -> Generation:
+    async def generate(
+        self, prompt: Prompt, settings: SamplingSettings, *, job_id: str, priority: int = 0
+    ) -> Generation:
         aborted = lambda: Generation(tuple(Candidate("", 0, None, "abort") for _ in range(settings.n)), 0, 0)
         result = await self._submit(job_id, priority, lambda: self._start_group(prompt, settings, job_id), aborted)
         assert isinstance(result, Generation)
         return result
 
-    async def choose(self, prompt: Prompt, options: Sequence[str], *, job_id: str,
-                     priority: int = 0) -> ChoiceResult:
+    async def choose(self, prompt: Prompt, options: Sequence[str], *, job_id: str, priority: int = 0) -> ChoiceResult:
         token_ids = self._options.ids_of(options)
         result = await self._submit(job_id, priority, lambda: self._choose(prompt, list(options), token_ids), None)
         assert isinstance(result, ChoiceResult)
@@ -161,9 +174,13 @@ class HfEngine(Engine):
         fill, and its prefix-cache figures count prompt tokens looked up in and found there."""
         with self._lock:
             waiting = self._queued_calls
-        return EngineStats(running_requests=self._decoding_calls, waiting_requests=waiting,
-                           kv_cache_usage=len(self._kept) / self._kept.capacity,
-                           prefix_cache_queries=self._kept.queried_tokens, prefix_cache_hits=self._kept.hit_tokens)
+        return EngineStats(
+            running_requests=self._decoding_calls,
+            waiting_requests=waiting,
+            kv_cache_usage=len(self._kept) / self._kept.capacity,
+            prefix_cache_queries=self._kept.queried_tokens,
+            prefix_cache_hits=self._kept.hit_tokens,
+        )
 
     def num_unfinished_requests(self) -> int:
         with self._lock:
@@ -177,8 +194,13 @@ class HfEngine(Engine):
         await asyncio.to_thread(self._thread.join)
         self._kept.clear()
 
-    async def _submit(self, job_id: str, priority: int, start: Callable[[], Group | ChoiceResult],
-                      aborted: Callable[[], Result] | None) -> Result:
+    async def _submit(
+        self,
+        job_id: str,
+        priority: int,
+        start: Callable[[], Group | ChoiceResult],
+        aborted: Callable[[], Result] | None,
+    ) -> Result:
         """Queue a call for the engine loop. `aborted()` gives the result of a call aborted before it
         started (a generation of "abort" candidates); None raises CancelledError instead."""
         if self._closed or not self._thread.is_alive():
@@ -291,7 +313,9 @@ class HfEngine(Engine):
             self._finish(group)
         members += joining
         waiting = [g for g in waiting if g not in joining]
-        return (Batch(members, self._new_cache, self._cross_attention_layers, self._device) if members else None), waiting
+        return (
+            Batch(members, self._new_cache, self._cross_attention_layers, self._device) if members else None
+        ), waiting
 
     def _check_abort(self, group: Group) -> None:
         if group.job_id in self._cancelled or self._closed:
@@ -326,9 +350,18 @@ class HfEngine(Engine):
         ids, logits, cache, extra, cached = self._prefill(prompt, settings.use_prefix_cache)
         if settings.n > 1:
             cache.batch_repeat_interleave(settings.n)
-        group = Group(job_id=job_id, settings=settings, prompt=prompt, prompt_ids=ids, cached_tokens=cached,
-                      cache=cache, cross_mask=extra.get("cross_attention_mask"), tokenizer=self._tokenizer,
-                      eos_ids=self._eos_ids, pad_id=self._pad_id())
+        group = Group(
+            job_id=job_id,
+            settings=settings,
+            prompt=prompt,
+            prompt_ids=ids,
+            cached_tokens=cached,
+            cache=cache,
+            cross_mask=extra.get("cross_attention_mask"),
+            tokenizer=self._tokenizer,
+            eos_ids=self._eos_ids,
+            pad_id=self._pad_id(),
+        )
         group.signature = signature(group, self._cross_attention_layers)
         group.accept(logits.expand(settings.n, -1))
         return group
@@ -345,16 +378,23 @@ class HfEngine(Engine):
     def _prefill(self, prompt: Prompt, use_cache: bool):
         """Encode the prompt, reusing the longest kept cache it starts with. Returns (token ids,
         logits of the last position [1, V], cache, per-token extras, cached token count)."""
-        inputs = self._processor(images=list(prompt.images) or None, text=prompt.text, return_tensors="pt",
-                                 add_special_tokens=False) if prompt.images else \
-            self._tokenizer(prompt.text, return_tensors="pt", add_special_tokens=False)
+        inputs = (
+            self._processor(
+                images=list(prompt.images) or None, text=prompt.text, return_tensors="pt", add_special_tokens=False
+            )
+            if prompt.images
+            else self._tokenizer(prompt.text, return_tensors="pt", add_special_tokens=False)
+        )
         # Pixels come out of the processor in float32; the model may run in bfloat16.
-        inputs = {k: v.to(self._device, dtype=self._dtype) if v.is_floating_point() else v.to(self._device)
-                  for k, v in inputs.items()}
+        inputs = {
+            k: v.to(self._device, dtype=self._dtype) if v.is_floating_point() else v.to(self._device)
+            for k, v in inputs.items()
+        }
         ids = inputs["input_ids"][0].tolist()
         if len(ids) >= self.max_model_len:
-            raise PromptTooLongError(f"the prompt is {len(ids)} tokens; this model takes at most "
-                                     f"{self.max_model_len - 1} before the answer")
+            raise PromptTooLongError(
+                f"the prompt is {len(ids)} tokens; this model takes at most {self.max_model_len - 1} before the answer"
+            )
         extra = {k: v for k, v in inputs.items() if k == "cross_attention_mask"}
         reuse = self._kept.lookup(_digests(prompt), ids) if use_cache else None
         if reuse is not None:
@@ -362,9 +402,13 @@ class HfEngine(Engine):
             tail = {"input_ids": inputs["input_ids"][:, common:]}
             if "cross_attention_mask" in inputs:
                 tail["cross_attention_mask"] = inputs["cross_attention_mask"][:, common:]
-            out = self._model(**tail, past_key_values=cache, use_cache=True,
-                              attention_mask=_ones(1, len(ids), self._device),
-                              cache_position=_arange(common, len(ids), self._device))
+            out = self._model(
+                **tail,
+                past_key_values=cache,
+                use_cache=True,
+                attention_mask=_ones(1, len(ids), self._device),
+                cache_position=_arange(common, len(ids), self._device),
+            )
             return ids, out.logits[:, -1, :], out.past_key_values, extra, common
         out = self._model(**inputs, past_key_values=self._new_cache(), use_cache=True)
         return ids, out.logits[:, -1, :], out.past_key_values, extra, 0

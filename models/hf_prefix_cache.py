@@ -27,8 +27,13 @@ class _Entry:
 class PrefixCache:
     """An LRU of kept caches, and the lookup of the longest kept prefix of a new prompt."""
 
-    def __init__(self, new_cache: Callable[[], DynamicCache], cross_attention_layers: set[int], image_token_ids: set[int],
-                 entries: int = CACHE_ENTRIES):
+    def __init__(
+        self,
+        new_cache: Callable[[], DynamicCache],
+        cross_attention_layers: set[int],
+        image_token_ids: set[int],
+        entries: int = CACHE_ENTRIES,
+    ):
         self._new_cache = new_cache
         self._cross_attention_layers = cross_attention_layers
         self._image_token_ids = image_token_ids
@@ -72,7 +77,7 @@ class PrefixCache:
         cache = self._new_cache()
         for index in range(len(entry.cache.layers)):
             keys, values = layer_tensors(entry.cache, index)
-            keys, values = keys[best_row:best_row + 1], values[best_row:best_row + 1]
+            keys, values = keys[best_row : best_row + 1], values[best_row : best_row + 1]
             if index not in self._cross_attention_layers:
                 keys, values = keys[..., :best, :], values[..., :best, :]
             cache.update(keys.clone(), values.clone(), index)

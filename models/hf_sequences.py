@@ -26,11 +26,11 @@ class IncrementalText:
 
     def add(self, token_id: int) -> str:
         self.ids.append(token_id)
-        before = self._decode(self.ids[self._prefix:self._read])
-        after = self._decode(self.ids[self._prefix:])
+        before = self._decode(self.ids[self._prefix : self._read])
+        after = self._decode(self.ids[self._prefix :])
         if after.endswith("\ufffd"):  # an unfinished multi-byte character: wait for the rest
             return ""
-        delta = after[len(before):]
+        delta = after[len(before) :]
         self._prefix, self._read = self._read, len(self.ids)
         self.text += delta
         return delta
@@ -45,9 +45,20 @@ class Group:
     """The N rows of one generate call: what they wrote, why they ended, and the KV cache they own
     while they are not part of a batch (models/hf_batch.py)."""
 
-    def __init__(self, *, job_id: str, settings: SamplingSettings, prompt: Prompt, prompt_ids: list[int],
-                 cached_tokens: int, cache: DynamicCache, cross_mask: torch.Tensor | None,
-                 tokenizer: PreTrainedTokenizerBase, eos_ids: set[int], pad_id: int):
+    def __init__(
+        self,
+        *,
+        job_id: str,
+        settings: SamplingSettings,
+        prompt: Prompt,
+        prompt_ids: list[int],
+        cached_tokens: int,
+        cache: DynamicCache,
+        cross_mask: torch.Tensor | None,
+        tokenizer: PreTrainedTokenizerBase,
+        eos_ids: set[int],
+        pad_id: int,
+    ):
         import torch
 
         n = settings.n
@@ -105,24 +116,35 @@ class Group:
             return
         delta = row.add(token)
         if delta and settings.stop:
-            window = row.text[-(len(delta) + self._longest_stop):]
+            window = row.text[-(len(delta) + self._longest_stop) :]
             hit = first_stop(window, settings.stop)
             if hit is not None:
-                row.text = row.text[:len(row.text) - len(window) + window.index(hit)]
+                row.text = row.text[: len(row.text) - len(window) + window.index(hit)]
                 self.finish[r], self.stop_reason[r] = "stop", hit
                 return
         if len(row.ids) >= settings.max_tokens:
             self.finish[r] = "length"
 
     def result(self) -> Generation:
-        return Generation(tuple(
-            Candidate(text=row.text, num_tokens=len(row.ids), cumulative_logprob=self.logprob[r] if self.settings.logprobs else None,
-                      finish_reason=self.finish[r] or "abort", stop_reason=self.stop_reason[r])
-            for r, row in enumerate(self.rows)), len(self.prompt_ids), self.cached_tokens)
+        return Generation(
+            tuple(
+                Candidate(
+                    text=row.text,
+                    num_tokens=len(row.ids),
+                    cumulative_logprob=self.logprob[r] if self.settings.logprobs else None,
+                    finish_reason=self.finish[r] or "abort",
+                    stop_reason=self.stop_reason[r],
+                )
+                for r, row in enumerate(self.rows)
+            ),
+            len(self.prompt_ids),
+            self.cached_tokens,
+        )
 
 
-def sample(logits: torch.Tensor, settings: SamplingSettings,
-           generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def sample(
+    logits: torch.Tensor, settings: SamplingSettings, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One token per row: greedy at temperature 0, else temperature and top-p sampling.
     Returns (tokens, their log-probabilities under the unmodified distribution)."""
     import torch

@@ -89,8 +89,11 @@ class VllmEngine(Engine):
             return {"prompt": prompt.text}
         # A search sends the same image with every candidate and judge request (28 per search at
         # beam width 4); naming it by its digest spares vLLM from hashing its pixels each time.
-        return {"prompt": prompt.text, "multi_modal_data": {"image": list(prompt.images)},
-                "multi_modal_uuids": {"image": [image_digest(image) for image in prompt.images]}}
+        return {
+            "prompt": prompt.text,
+            "multi_modal_data": {"image": list(prompt.images)},
+            "multi_modal_uuids": {"image": [image_digest(image) for image in prompt.images]},
+        }
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -128,9 +131,7 @@ class VllmEngine(Engine):
             elif piece.text:
                 yield StreamDelta(piece.text)
 
-    async def choose(
-        self, prompt: Prompt, options: Sequence[str], *, job_id: str, priority: int = 0
-    ) -> ChoiceResult:
+    async def choose(self, prompt: Prompt, options: Sequence[str], *, job_id: str, priority: int = 0) -> ChoiceResult:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
@@ -150,8 +151,9 @@ class VllmEngine(Engine):
             raise asyncio.CancelledError(f"choice for job {job_id} was aborted")
         step = completion.logprobs[0]
         logprobs = [step[t].logprob if t in step else -math.inf for t in token_ids]
-        return ChoiceResult(dict(zip(options, _softmax(logprobs), strict=True)), _prompt_tokens(output),
-                            output.num_cached_tokens or 0)
+        return ChoiceResult(
+            dict(zip(options, _softmax(logprobs), strict=True)), _prompt_tokens(output), output.num_cached_tokens or 0
+        )
 
     async def _final(self, prompt: Prompt, params: SamplingParams, job_id: str, priority: int) -> RequestOutput:
         """The last output of one engine request (with FINAL_ONLY, its only one)."""
@@ -161,8 +163,9 @@ class VllmEngine(Engine):
         assert final is not None  # _run raises when the engine returned nothing
         return final
 
-    async def _run(self, prompt: Prompt, params: SamplingParams, job_id: str,
-                   priority: int) -> AsyncIterator[RequestOutput]:
+    async def _run(
+        self, prompt: Prompt, params: SamplingParams, job_id: str, priority: int
+    ) -> AsyncIterator[RequestOutput]:
         """One engine request, yielding vLLM's RequestOutputs; errors mapped to the contract's."""
         from vllm.exceptions import VLLMValidationError
         from vllm.v1.engine.exceptions import EngineDeadError
@@ -173,8 +176,7 @@ class VllmEngine(Engine):
         self._requests_by_job[job_id].add(request_id)
         produced = False
         try:
-            async for output in self._llm.generate(self._engine_input(prompt), params, request_id,
-                                                   priority=priority):
+            async for output in self._llm.generate(self._engine_input(prompt), params, request_id, priority=priority):
                 produced = True
                 yield output
         except VLLMValidationError as exc:

@@ -68,8 +68,9 @@ def patch_model_runner(runner_cls: type[GPUModelRunner]) -> None:
 
     @functools.wraps(original)
     def _bookkeeping_sync(self: GPUModelRunner, *args: Any, **kwargs: Any) -> Any:
-        held = hold_cpu_generators(self.input_batch.generators,
-                                   self.discard_request_mask.np[: self.input_batch.num_reqs])
+        held = hold_cpu_generators(
+            self.input_batch.generators, self.discard_request_mask.np[: self.input_batch.num_reqs]
+        )
         try:
             return original(self, *args, **kwargs)
         finally:
@@ -80,8 +81,7 @@ def patch_model_runner(runner_cls: type[GPUModelRunner]) -> None:
     log.debug("llava-o1: patched %s for the CPU seed rewind bug", runner_cls.__name__)
 
 
-def hold_cpu_generators(generators: dict[int, torch.Generator],
-                        discard_mask: np.ndarray) -> dict[int, torch.Generator]:
+def hold_cpu_generators(generators: dict[int, torch.Generator], discard_mask: np.ndarray) -> dict[int, torch.Generator]:
     """Remove and return the CPU generators of rows whose sampled token is discarded this step."""
     held = {}
     for row, discarded in enumerate(discard_mask):

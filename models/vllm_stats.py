@@ -34,9 +34,13 @@ class VllmStatsCollector:
             def __init__(self, vllm_config: VllmConfig, engine_index: int = 0):
                 pass
 
-            def record(self, scheduler_stats: SchedulerStats | None, iteration_stats: IterationStats | None,
-                       mm_cache_stats: Any = None,
-                       engine_idx: int = 0) -> None:
+            def record(
+                self,
+                scheduler_stats: SchedulerStats | None,
+                iteration_stats: IterationStats | None,
+                mm_cache_stats: Any = None,
+                engine_idx: int = 0,
+            ) -> None:
                 if scheduler_stats is not None:
                     collector._record(scheduler_stats)
 

@@ -39,8 +39,12 @@ class AdmissionController:
     async def slot(self) -> AsyncIterator[None]:
         """Hold a search slot for the duration of the block; wait in the queue or be refused (429)."""
         if self.active >= self.max_concurrent and self.queued >= self.max_queue:
-            raise APIError(429, "the server is at capacity; retry later", code="server_overloaded",
-                           headers={"Retry-After": str(self.retry_after_s())})
+            raise APIError(
+                429,
+                "the server is at capacity; retry later",
+                code="server_overloaded",
+                headers={"Retry-After": str(self.retry_after_s())},
+            )
         self.queued += 1
         self._changed()
         try:

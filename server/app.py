@@ -23,13 +23,20 @@ from server.state import ServerState
 def create_app(engine: Engine, settings: ServerSettings | None = None) -> FastAPI:
     """An app serving `engine` (already started; its lifetime is the caller's)."""
     settings = settings or ServerSettings()
-    app = FastAPI(title="llava-o1", version=package_version("llava-o1") or "0",
-                  description="OpenAI-style chat completions with stage-level reasoning search.")
+    app = FastAPI(
+        title="llava-o1",
+        version=package_version("llava-o1") or "0",
+        description="OpenAI-style chat completions with stage-level reasoning search.",
+    )
     metrics = ServerMetrics(engine)
-    admission = AdmissionController(settings.max_concurrent_searches, settings.max_queue,
-                                    on_change=lambda active, queued: metrics.queued.set(queued))
-    app.state.llava_o1 = ServerState(engine=engine, settings=settings, metrics=metrics, admission=admission,
-                                     started=time.time())
+    admission = AdmissionController(
+        settings.max_concurrent_searches,
+        settings.max_queue,
+        on_change=lambda active, queued: metrics.queued.set(queued),
+    )
+    app.state.llava_o1 = ServerState(
+        engine=engine, settings=settings, metrics=metrics, admission=admission, started=time.time()
+    )
     install_error_handlers(app)
     app.include_router(chat_router)
     app.include_router(meta_router)

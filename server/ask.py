@@ -14,8 +14,9 @@ def build_parser() -> argparse.ArgumentParser:
     from models.engine_config import add_engine_arguments, make_parser
     from server.search_flags import add_search_arguments
 
-    parser = make_parser("llava-o1 ask", "Answer one question about an image with stage-level search.",
-                         verbose_flag=True)
+    parser = make_parser(
+        "llava-o1 ask", "Answer one question about an image with stage-level search.", verbose_flag=True
+    )
     ask = parser.add_argument_group("question")
     ask.add_argument("--image", required=True, help="path of the image file")
     ask.add_argument("--question", required=True, help="the question about the image")
@@ -67,7 +68,9 @@ async def _ask(args: argparse.Namespace, image) -> int:
         print(json.dumps(result.to_dict(), indent=2))
     else:
         u = result.usage
-        print(f"\nanswer: {result.answer.strip()}\n({result.strategy}, beam width {result.beam_width}: "
-              f"{u.prompt_tokens} prompt, {u.completion_tokens} completion, {u.judge_tokens} judge tokens, "
-              f"{result.seconds:.2f} s)")
+        print(
+            f"\nanswer: {result.answer.strip()}\n({result.strategy}, beam width {result.beam_width}: "
+            f"{u.prompt_tokens} prompt, {u.completion_tokens} completion, {u.judge_tokens} judge tokens, "
+            f"{result.seconds:.2f} s)"
+        )
     return 0

@@ -32,8 +32,10 @@ def whole_message(result: SearchResult, stages: StageSet, output: str) -> Respon
     writer = StageTextWriter(stages, output)
     fields: dict[str, str] = {"content": "", "reasoning_content": ""}
     for stage in stages:
-        for event in (StageStarted(stage.name, stage.index), StageDecided(stage.name, stage.index,
-                                                                          result.stage_text(stage.name))):
+        for event in (
+            StageStarted(stage.name, stage.index),
+            StageDecided(stage.name, stage.index, result.stage_text(stage.name)),
+        ):
             for piece in writer.pieces(event):
                 fields[piece.field] += piece.text
     return ResponseMessage(content=fields["content"], reasoning_content=fields["reasoning_content"] or None)
@@ -70,7 +72,7 @@ class StageTextWriter:
             else:
                 self._raw[stage.name] = event.text
             visible = self._visible(self._raw[stage.name])
-            new = visible[self._shown[stage.name]:]
+            new = visible[self._shown[stage.name] :]
             self._shown[stage.name] = len(visible)
             out = [Piece(self._field(event.index), new, stage.name)] if new else []
             closes = isinstance(event, StageDecided) and (self._tagged or self._field(event.index) != "content")

@@ -25,8 +25,12 @@ class ChatJob:
 
 async def to_chat_job(request: ChatCompletionRequest, settings: ServerSettings, model_names: list[str]) -> ChatJob:
     if request.model not in model_names:
-        raise APIError(404, f"model '{request.model}' does not exist; this server serves {', '.join(model_names)}",
-                       param="model", code="model_not_found")
+        raise APIError(
+            404,
+            f"model '{request.model}' does not exist; this server serves {', '.join(model_names)}",
+            param="model",
+            code="model_not_found",
+        )
     messages = await _messages(request, settings)
     return ChatJob(
         messages=messages,
@@ -35,23 +39,29 @@ async def to_chat_job(request: ChatCompletionRequest, settings: ServerSettings, 
         trace=bool(request.reasoning and request.reasoning.trace),
         include_usage=bool(request.stream_options and request.stream_options.include_usage),
         auto_beam_width=bool(request.reasoning and request.reasoning.beam_width == "auto"),
-        timeout_s=(request.reasoning.timeout if request.reasoning and request.reasoning.timeout
-                   else settings.request_timeout_s),
+        timeout_s=(
+            request.reasoning.timeout if request.reasoning and request.reasoning.timeout else settings.request_timeout_s
+        ),
     )
 
 
 async def _messages(request: ChatCompletionRequest, settings: ServerSettings) -> list[ChatMessage]:
     images = sum(isinstance(p, ImagePart) for m in request.messages if isinstance(m.content, list) for p in m.content)
     if images > settings.images.max_images:
-        raise APIError(400, f"{images} images in one request; the limit is {settings.images.max_images}",
-                       param="messages", code="too_many_images")
+        raise APIError(
+            400,
+            f"{images} images in one request; the limit is {settings.images.max_images}",
+            param="messages",
+            code="too_many_images",
+        )
     converted: list[ChatMessage] = []
     for i, message in enumerate(request.messages):
         role = "system" if message.role == "developer" else message.role
         if message.content is None or isinstance(message.content, str):
             if not message.content and role != "assistant":
-                raise APIError(400, f"messages[{i}] has no content", param=f"messages[{i}].content",
-                               code="empty_message")
+                raise APIError(
+                    400, f"messages[{i}] has no content", param=f"messages[{i}].content", code="empty_message"
+                )
             converted.append(ChatMessage(role, message.content or ""))
             continue
         parts = []
@@ -59,19 +69,22 @@ async def _messages(request: ChatCompletionRequest, settings: ServerSettings) ->
             if isinstance(part, ImagePart):
                 param = f"messages[{i}].content[{j}].image_url"
                 if role != "user":
-                    raise APIError(400, "images are only accepted in user messages", param=param,
-                                   code="invalid_image_position")
+                    raise APIError(
+                        400, "images are only accepted in user messages", param=param, code="invalid_image_position"
+                    )
                 parts.append(ChatPart.of_image(await load_image(part.image_url.url, settings.images, param)))
             else:
                 parts.append(ChatPart.of_text(part.text))
         converted.append(ChatMessage(role, tuple(parts)))
     user_messages = [m for m in converted if m.role == "user"]
     if not user_messages:
-        raise APIError(400, "the conversation needs at least one user message", param="messages",
-                       code="no_user_message")
+        raise APIError(
+            400, "the conversation needs at least one user message", param="messages", code="no_user_message"
+        )
     if not any(_text_of(m).strip() for m in user_messages):
-        raise APIError(400, "the user messages hold no text: ask a question about the image", param="messages",
-                       code="no_text")
+        raise APIError(
+            400, "the user messages hold no text: ask a question about the image", param="messages", code="no_text"
+        )
     return converted
 
 
@@ -91,8 +104,12 @@ def _search_config(request: ChatCompletionRequest, settings: ServerSettings) -> 
                 changes[name] = value
     beam_width = changes.get("beam_width", settings.search.beam_width)
     if not 1 <= beam_width <= settings.max_beam_width:
-        raise APIError(400, f"beam_width must be between 1 and {settings.max_beam_width}",
-                       param="reasoning.beam_width", code="invalid_value")
+        raise APIError(
+            400,
+            f"beam_width must be between 1 and {settings.max_beam_width}",
+            param="reasoning.beam_width",
+            code="invalid_value",
+        )
     for name in ("temperature", "top_p", "seed"):
         value = getattr(request, name)
         if value is not None:
@@ -101,8 +118,12 @@ def _search_config(request: ChatCompletionRequest, settings: ServerSettings) -> 
     if max_tokens is not None:
         stages = len(settings.search.stages)
         if max_tokens < stages:
-            raise APIError(400, f"max_tokens must be at least {stages}: one token for each stage",
-                           param="max_tokens", code="invalid_value")
+            raise APIError(
+                400,
+                f"max_tokens must be at least {stages}: one token for each stage",
+                param="max_tokens",
+                code="invalid_value",
+            )
         changes["max_tokens"] = max_tokens
     try:
         return settings.search.with_(**changes)

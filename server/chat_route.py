@@ -60,9 +60,12 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, state:
         if body.stream:
             # The stream owns the slot from here and releases it when it ends; the background task
             # releases it too if the client left before the stream ever started.
-            return StreamingResponse(_sse(state, job, completion_id, request, slot, deadline),
-                                     media_type="text/event-stream", background=BackgroundTask(slot.aclose),
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+            return StreamingResponse(
+                _sse(state, job, completion_id, request, slot, deadline),
+                media_type="text/event-stream",
+                background=BackgroundTask(slot.aclose),
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
         async with slot, asyncio.timeout_at(deadline):
             result = await _search_until_disconnect(state, job, completion_id, request)
     except Exception as exc:
@@ -109,26 +112,45 @@ async def _search_until_disconnect(state: ServerState, job: ChatJob, job_id: str
 
 def _usage(result: SearchResult) -> Usage:
     u = result.usage
-    return Usage(prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens,
-                 total_tokens=u.prompt_tokens + u.completion_tokens, judge_tokens=u.judge_tokens,
-                 prompt_tokens_details=PromptTokensDetails(cached_tokens=u.cached_tokens))
+    return Usage(
+        prompt_tokens=u.prompt_tokens,
+        completion_tokens=u.completion_tokens,
+        total_tokens=u.prompt_tokens + u.completion_tokens,
+        judge_tokens=u.judge_tokens,
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=u.cached_tokens),
+    )
 
 
 def _reasoning(job: ChatJob, result: SearchResult) -> ReasoningInfo:
-    return ReasoningInfo(strategy=job.config.strategy, beam_width=job.config.beam_width, judge=job.config.judge,
-                         debias=job.config.debias, trace=result.to_dict() if job.trace else None)
+    return ReasoningInfo(
+        strategy=job.config.strategy,
+        beam_width=job.config.beam_width,
+        judge=job.config.judge,
+        debias=job.config.debias,
+        trace=result.to_dict() if job.trace else None,
+    )
 
 
 def _completion(state: ServerState, job: ChatJob, completion_id: str, result: SearchResult) -> ChatCompletion:
     message = whole_message(result, job.config.stages, job.output)
     return ChatCompletion(
-        id=completion_id, created=int(time.time()), model=state.model_names[0],
+        id=completion_id,
+        created=int(time.time()),
+        model=state.model_names[0],
         choices=[Choice(message=message, finish_reason=result.finish_reason)],
-        usage=_usage(result), reasoning=_reasoning(job, result))
+        usage=_usage(result),
+        reasoning=_reasoning(job, result),
+    )
 
 
-async def _sse(state: ServerState, job: ChatJob, completion_id: str, request: Request,
-               slot: contextlib.AsyncExitStack, deadline: float) -> AsyncIterator[str]:
+async def _sse(
+    state: ServerState,
+    job: ChatJob,
+    completion_id: str,
+    request: Request,
+    slot: contextlib.AsyncExitStack,
+    deadline: float,
+) -> AsyncIterator[str]:
     """chat.completion.chunk events: a role chunk, stage pieces as they are decided, the finish
     chunk, a usage chunk when asked, then [DONE]. Errors after the start arrive as an error event.
     A client that disconnects cancels this generator, which cancels the search and its engine work."""
@@ -136,8 +158,9 @@ async def _sse(state: ServerState, job: ChatJob, completion_id: str, request: Re
     model = state.model_names[0]
 
     def chunk(choices: list[ChunkChoice], **extensions) -> str:
-        return sse_event(ChatCompletionChunk(id=completion_id, created=created, model=model, choices=choices,
-                                             **extensions))
+        return sse_event(
+            ChatCompletionChunk(id=completion_id, created=created, model=model, choices=choices, **extensions)
+        )
 
     writer = StageTextWriter(job.config.stages, job.output)
     clock = _FirstStageClock(request)
@@ -147,14 +170,18 @@ async def _sse(state: ServerState, job: ChatJob, completion_id: str, request: Re
             async for event in stream_search(state.engine, job.messages, job.config, job_id=completion_id):
                 clock(event)
                 for piece in writer.pieces(event):
-                    delta = (ChunkDelta(stage=piece.stage, content=piece.text) if piece.field == "content"
-                             else ChunkDelta(stage=piece.stage, reasoning_content=piece.text))
+                    delta = (
+                        ChunkDelta(stage=piece.stage, content=piece.text)
+                        if piece.field == "content"
+                        else ChunkDelta(stage=piece.stage, reasoning_content=piece.text)
+                    )
                     yield chunk([ChunkChoice(delta=delta)])
                 if isinstance(event, SearchFinished):
                     result = event.result
         state.metrics.record_search(result, clock.seconds)
-        yield chunk([ChunkChoice(delta=ChunkDelta(), finish_reason=result.finish_reason)],
-                    reasoning=_reasoning(job, result))
+        yield chunk(
+            [ChunkChoice(delta=ChunkDelta(), finish_reason=result.finish_reason)], reasoning=_reasoning(job, result)
+        )
         if job.include_usage:
             yield chunk([], usage=_usage(result))
     except (asyncio.CancelledError, GeneratorExit):

@@ -15,20 +15,31 @@ from collections.abc import Sequence
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "serve": ("server.serve", "serve", "start the inference server (engine flags as in `vllm serve`)"),
     "ask": ("server.ask", "ask", "answer one question about an image, without a server"),
-    "bench": ("bench.benchmark", "main",
-              "measure throughput and latency against the published procedure and the engine"),
+    "bench": (
+        "bench.benchmark",
+        "main",
+        "measure throughput and latency against the published procedure and the engine",
+    ),
     "eval": ("bench.evaluate", "main", "score a search strategy on records with known answers"),
     "tiny-model": ("training.commands", "tiny_model", "build the embedded tiny vision-language model into a folder"),
-    "synth-data": ("training.commands", "synth_data",
-                   "write synthetic shape questions with four-stage answers (LLaVA-o1-100k format)"),
+    "synth-data": (
+        "training.commands",
+        "synth_data",
+        "write synthetic shape questions with four-stage answers (LLaVA-o1-100k format)",
+    ),
     "train": ("training.commands", "train_model", "fine-tune a model on such records (loss on the answers only)"),
-    "demo-model": ("training.commands", "demo_model",
-                   "rebuild the demo model from scratch (synthetic data, then training)"),
+    "demo-model": (
+        "training.commands",
+        "demo_model",
+        "rebuild the demo model from scratch (synthetic data, then training)",
+    ),
 }
 
-USAGE = ("usage: llava-o1 COMMAND [options]\n\ncommands:\n"
-         + "".join(f"  {name:<12} {summary}\n" for name, (_, _, summary) in COMMANDS.items())
-         + "\n`llava-o1 COMMAND --help` describes a command's options.\n")
+USAGE = (
+    "usage: llava-o1 COMMAND [options]\n\ncommands:\n"
+    + "".join(f"  {name:<12} {summary}\n" for name, (_, _, summary) in COMMANDS.items())
+    + "\n`llava-o1 COMMAND --help` describes a command's options.\n"
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -14,17 +14,30 @@ from server.schemas import ErrorInfo, ErrorResponse
 
 log = logging.getLogger("llava_o1.server")
 
-_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-          429: "rate_limit_error",
-          405: "invalid_request_error", 413: "invalid_request_error", 503: "service_unavailable_error",
-          504: "timeout_error"}
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "not_found_error",
+    429: "rate_limit_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    503: "service_unavailable_error",
+    504: "timeout_error",
+}
 
 
 class APIError(Exception):
     """An error answered to the client as-is (status, message, and which parameter was wrong)."""
 
-    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
-                 headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(message)
         self.status = status
         self.message = message
@@ -37,12 +50,14 @@ class APIError(Exception):
 
 
 def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> ErrorResponse:
-    return ErrorResponse(error=ErrorInfo(message=message, type=_TYPES.get(status, "server_error"), param=param,
-                                         code=code))
+    return ErrorResponse(
+        error=ErrorInfo(message=message, type=_TYPES.get(status, "server_error"), param=param, code=code)
+    )
 
 
-def error_response(status: int, message: str, param: str | None = None, code: str | None = None,
-                   headers: dict | None = None) -> JSONResponse:
+def error_response(
+    status: int, message: str, param: str | None = None, code: str | None = None, headers: dict | None = None
+) -> JSONResponse:
     return JSONResponse(error_body(status, message, param, code).model_dump(), status_code=status, headers=headers)
 
 
@@ -53,8 +68,11 @@ def search_error(exc: BaseException, timeout_s: float) -> APIError | None:
     """The client's error for what a search can raise (its deadline, the engine's refusals), for the
     plain and the streaming path alike; None for anything unexpected."""
     if isinstance(exc, TimeoutError):
-        return APIError(504, f"the request did not finish within its deadline of {timeout_s:g} s; "
-                             "its search was stopped", code="timeout")
+        return APIError(
+            504,
+            f"the request did not finish within its deadline of {timeout_s:g} s; its search was stopped",
+            code="timeout",
+        )
     if isinstance(exc, PromptTooLongError):
         return APIError(400, str(exc), param="messages", code="context_length_exceeded")
     if isinstance(exc, EngineError):
@@ -68,7 +86,11 @@ def _describe_validation(exc: RequestValidationError) -> tuple[str, str | None, 
     loc = [str(p) for p in problem.get("loc", ()) if p != "body"]
     kind = problem.get("type", "")
     if kind == "json_invalid":
-        return f"the request body is not valid JSON: {problem.get('ctx', {}).get('error', 'parse error')}", None, "invalid_json"
+        return (
+            f"the request body is not valid JSON: {problem.get('ctx', {}).get('error', 'parse error')}",
+            None,
+            "invalid_json",
+        )
     param = ".".join(loc) or None
     if kind == "extra_forbidden":
         return f"unsupported field '{param}'", param, "unsupported_field"

@@ -27,8 +27,7 @@ READERS = {
     "memory_used_bytes": lambda nvml, handle: float(nvml.nvmlDeviceGetMemoryInfo(handle).used),
     "memory_total_bytes": lambda nvml, handle: float(nvml.nvmlDeviceGetMemoryInfo(handle).total),
     "power_watts": lambda nvml, handle: nvml.nvmlDeviceGetPowerUsage(handle) / 1000.0,
-    "temperature_celsius": lambda nvml, handle: float(nvml.nvmlDeviceGetTemperature(handle,
-                                                                                    nvml.NVML_TEMPERATURE_GPU)),
+    "temperature_celsius": lambda nvml, handle: float(nvml.nvmlDeviceGetTemperature(handle, nvml.NVML_TEMPERATURE_GPU)),
 }
 GPU_METRIC_NAMES = (f"{PREFIX}_count", *(f"{PREFIX}_{name}" for name in PER_DEVICE))
 

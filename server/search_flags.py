@@ -12,14 +12,20 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = SearchConfig()
     group = parser.add_argument_group("search")
     group.add_argument("--strategy", choices=STRATEGY_NAMES, default=defaults.strategy)
-    group.add_argument("--beam-width", type=int, default=defaults.beam_width,
-                       help="candidates per step (1 = a single sample)")
+    group.add_argument(
+        "--beam-width", type=int, default=defaults.beam_width, help="candidates per step (1 = a single sample)"
+    )
     group.add_argument("--judge", choices=JUDGE_MODES, default=defaults.judge)
     group.add_argument("--debias", action="store_true", help="judge each pair in both orders")
-    group.add_argument("--stage-prompt", choices=STAGE_PROMPTS, default=defaults.stage_prompt,
-                       help="add the four-stage instruction (auto: unless the model is stage-trained)")
-    group.add_argument("--stage-tags", default=",".join(DEFAULT_STAGE_NAMES),
-                       help="the four stage tag names, comma-separated")
+    group.add_argument(
+        "--stage-prompt",
+        choices=STAGE_PROMPTS,
+        default=defaults.stage_prompt,
+        help="add the four-stage instruction (auto: unless the model is stage-trained)",
+    )
+    group.add_argument(
+        "--stage-tags", default=",".join(DEFAULT_STAGE_NAMES), help="the four stage tag names, comma-separated"
+    )
     group.add_argument("--max-tokens-per-stage", type=int, default=defaults.max_tokens_per_stage)
     group.add_argument("--temperature", type=float, default=defaults.temperature)
     group.add_argument("--top-p", type=float, default=defaults.top_p)

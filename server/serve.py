@@ -21,30 +21,53 @@ def build_parser() -> argparse.ArgumentParser:
     from models.engine_config import add_engine_arguments, make_parser
     from server.search_flags import add_search_arguments
 
-    parser = make_parser("llava-o1 serve",
-                         "Serve a vision-language model with stage-level reasoning behind an OpenAI-style API.")
+    parser = make_parser(
+        "llava-o1 serve", "Serve a vision-language model with stage-level reasoning behind an OpenAI-style API."
+    )
     defaults, images = ServerSettings(), ImageLimits()
     server = parser.add_argument_group("server")
     server.add_argument("--host", default=defaults.host, help=f"address to listen on (default {defaults.host})")
     server.add_argument("--port", type=int, default=defaults.port, help=f"port (default {defaults.port})")
-    server.add_argument("--api-key", default=os.environ.get("LLAVA_O1_API_KEY"),
-                        help="require this bearer token (default: $LLAVA_O1_API_KEY, else none)")
-    server.add_argument("--metrics-require-api-key", action="store_true",
-                        help="protect /metrics with the API key too (default: open)")
-    server.add_argument("--max-concurrent-searches", type=int, default=defaults.max_concurrent_searches,
-                        help="searches run at once; more wait in the queue")
-    server.add_argument("--max-queue", type=int, default=defaults.max_queue,
-                        help="searches that may wait for a slot; beyond it requests get 429")
-    server.add_argument("--request-timeout", type=float, default=defaults.request_timeout_s,
-                        help="seconds from arrival to the last byte before a request gets 504")
-    server.add_argument("--max-beam-width", type=int, default=defaults.max_beam_width,
-                        help="largest beam_width a request may ask for")
+    server.add_argument(
+        "--api-key",
+        default=os.environ.get("LLAVA_O1_API_KEY"),
+        help="require this bearer token (default: $LLAVA_O1_API_KEY, else none)",
+    )
+    server.add_argument(
+        "--metrics-require-api-key", action="store_true", help="protect /metrics with the API key too (default: open)"
+    )
+    server.add_argument(
+        "--max-concurrent-searches",
+        type=int,
+        default=defaults.max_concurrent_searches,
+        help="searches run at once; more wait in the queue",
+    )
+    server.add_argument(
+        "--max-queue",
+        type=int,
+        default=defaults.max_queue,
+        help="searches that may wait for a slot; beyond it requests get 429",
+    )
+    server.add_argument(
+        "--request-timeout",
+        type=float,
+        default=defaults.request_timeout_s,
+        help="seconds from arrival to the last byte before a request gets 504",
+    )
+    server.add_argument(
+        "--max-beam-width", type=int, default=defaults.max_beam_width, help="largest beam_width a request may ask for"
+    )
     server.add_argument("--max-body-bytes", type=int, default=defaults.max_body_bytes)
     server.add_argument("--max-images", type=int, default=images.max_images, help="images per request")
     server.add_argument("--max-image-pixels", type=int, default=images.max_pixels)
     server.add_argument("--allow-remote-images", action="store_true", help="accept http(s) image URLs")
-    server.add_argument("--allow-private-image-hosts", nargs="*", default=[], metavar="HOST[:PORT]",
-                        help="remote image hosts allowed to resolve to loopback/private addresses")
+    server.add_argument(
+        "--allow-private-image-hosts",
+        nargs="*",
+        default=[],
+        metavar="HOST[:PORT]",
+        help="remote image hosts allowed to resolve to loopback/private addresses",
+    )
     server.add_argument("--remote-image-max-bytes", type=int, default=images.remote_max_bytes)
     server.add_argument("--remote-image-timeout", type=float, default=images.remote_timeout_s, help="seconds")
     add_search_arguments(parser)
@@ -60,16 +83,24 @@ def settings_from(args: argparse.Namespace) -> ServerSettings:
     if not 1 <= search.beam_width <= args.max_beam_width:
         raise SystemExit(f"llava-o1 serve: --beam-width must be between 1 and --max-beam-width ({args.max_beam_width})")
     return ServerSettings(
-        host=args.host, port=args.port, api_key=args.api_key or None, search=search,
-        max_beam_width=args.max_beam_width, max_body_bytes=args.max_body_bytes,
+        host=args.host,
+        port=args.port,
+        api_key=args.api_key or None,
+        search=search,
+        max_beam_width=args.max_beam_width,
+        max_body_bytes=args.max_body_bytes,
         metrics_require_api_key=args.metrics_require_api_key,
-        max_concurrent_searches=args.max_concurrent_searches, max_queue=args.max_queue,
+        max_concurrent_searches=args.max_concurrent_searches,
+        max_queue=args.max_queue,
         request_timeout_s=args.request_timeout,
-        images=ImageLimits(max_images=args.max_images, max_pixels=args.max_image_pixels,
-                           allow_remote=args.allow_remote_images,
-                           private_hosts_allowed=tuple(args.allow_private_image_hosts),
-                           remote_max_bytes=args.remote_image_max_bytes,
-                           remote_timeout_s=args.remote_image_timeout),
+        images=ImageLimits(
+            max_images=args.max_images,
+            max_pixels=args.max_image_pixels,
+            allow_remote=args.allow_remote_images,
+            private_hosts_allowed=tuple(args.allow_private_image_hosts),
+            remote_max_bytes=args.remote_image_max_bytes,
+            remote_timeout_s=args.remote_image_timeout,
+        ),
     )
 
 
@@ -107,8 +138,9 @@ async def _serve(settings: ServerSettings, args: argparse.Namespace) -> None:
     engine = start_engine(args)
     try:
         app = create_app(engine, settings)
-        config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info",
-                                timeout_graceful_shutdown=5)
+        config = uvicorn.Config(
+            app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=5
+        )
         log.info("serving model %s on http://%s:%d/v1", engine.model_name, settings.host, settings.port)
         await GracefulServer(config).serve()
     finally:

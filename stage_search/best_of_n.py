@@ -16,8 +16,15 @@ async def best_of_n(job: SearchJob) -> SearchResult:
     started = time.perf_counter()
     first = job.stages.stages[0]
     branch = await job.branch(
-        first.open_tag, n=job.config.beam_width, max_tokens=job.config.total_token_budget, stop=(),
-        clean=lambda candidate: candidate.text, accepted="", stage=None, stage_index=0)
+        first.open_tag,
+        n=job.config.beam_width,
+        max_tokens=job.config.total_token_budget,
+        stop=(),
+        clean=lambda candidate: candidate.text,
+        accepted="",
+        stage=None,
+        stage_index=0,
+    )
     contents = job.stages.parse(first.open_tag + branch.text)
     seconds = time.perf_counter() - started
     traces = []

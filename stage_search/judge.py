@@ -53,8 +53,16 @@ class PairwiseJudge:
     averaged, cancelling a preference for the first or second slot.
     """
 
-    def __init__(self, engine: Engine, *, mode: str = "logprob", debias: bool = False, job_id: str,
-                 max_tokens: int = 96, use_prefix_cache: bool = True):
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        mode: str = "logprob",
+        debias: bool = False,
+        job_id: str,
+        max_tokens: int = 96,
+        use_prefix_cache: bool = True,
+    ):
         self._engine = engine
         self._use_prefix_cache = use_prefix_cache
         self._mode = mode
@@ -62,12 +70,14 @@ class PairwiseJudge:
         self._job_id = job_id
         self._max_tokens = max_tokens
 
-    async def compare(self, context: JudgeContext, a: Contender, b: Contender, round_: int,
-                      priority: int = 0) -> tuple[Contender, MatchTrace]:
+    async def compare(
+        self, context: JudgeContext, a: Contender, b: Contender, round_: int, priority: int = 0
+    ) -> tuple[Contender, MatchTrace]:
         """Judge a against b; returns the winner and the match record."""
         if self._debias:
-            forward, backward = await asyncio.gather(self._judge(context, a, b, priority),
-                                                     self._judge(context, b, a, priority))
+            forward, backward = await asyncio.gather(
+                self._judge(context, a, b, priority), self._judge(context, b, a, priority)
+            )
             p_a = (forward.probabilities[0] + backward.probabilities[1]) / 2
             verdicts: tuple[_Verdict, ...] = (forward, backward)
         else:
@@ -92,9 +102,13 @@ class PairwiseJudge:
         prompt = self._engine.render(context.messages(text))
         if self._mode == "generative":
             generation = await self._engine.generate(
-                prompt, SamplingSettings(n=1, max_tokens=self._max_tokens, temperature=0.0,
-                                         use_prefix_cache=self._use_prefix_cache),
-                job_id=self._job_id, priority=priority)
+                prompt,
+                SamplingSettings(
+                    n=1, max_tokens=self._max_tokens, temperature=0.0, use_prefix_cache=self._use_prefix_cache
+                ),
+                job_id=self._job_id,
+                priority=priority,
+            )
             verdict = generation.candidates[0]
             tokens = generation.prompt_tokens + verdict.num_tokens
             slot = parse_verdict(verdict.text)

@@ -40,8 +40,8 @@ def judge_question(stage: Stage | None, first: str, second: str) -> str:
         what, criteria = f"{stage.name} sections continuing the answer above", stage.criteria
     return (
         f"Compare two candidate {what}. A better one is one where {criteria}. "
-        "Say which is better: answer 1 or 2, or explain and end with \"I choose response 1\" or "
-        "\"I choose response 2\".\n\n"
+        'Say which is better: answer 1 or 2, or explain and end with "I choose response 1" or '
+        '"I choose response 2".\n\n'
         f"Response 1:\n{first.strip()}\n\nResponse 2:\n{second.strip()}\n\nThe better response is"
     )
 

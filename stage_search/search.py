@@ -19,8 +19,14 @@ def new_job_id() -> str:
     return f"search-{uuid.uuid4().hex[:16]}"
 
 
-async def run_search(engine: Engine, messages: Sequence[ChatMessage], config: SearchConfig, *,
-                     job_id: str | None = None, on_event: Emit | None = None) -> SearchResult:
+async def run_search(
+    engine: Engine,
+    messages: Sequence[ChatMessage],
+    config: SearchConfig,
+    *,
+    job_id: str | None = None,
+    on_event: Emit | None = None,
+) -> SearchResult:
     """Search one question. If the caller is cancelled, all engine work of the job is aborted."""
     job = SearchJob(engine, messages, config, job_id=job_id or new_job_id(), emit=on_event)
     # Beam width 1 is one sample whatever the strategy: nothing to judge.
@@ -34,8 +40,9 @@ async def run_search(engine: Engine, messages: Sequence[ChatMessage], config: Se
     return result
 
 
-async def stream_search(engine: Engine, messages: Sequence[ChatMessage], config: SearchConfig, *,
-                        job_id: str | None = None) -> AsyncIterator[SearchEvent]:
+async def stream_search(
+    engine: Engine, messages: Sequence[ChatMessage], config: SearchConfig, *, job_id: str | None = None
+) -> AsyncIterator[SearchEvent]:
     """Yield events as the search makes them, ending with SearchFinished.
 
     Closing the iterator early (a client went away) cancels the search and aborts its engine work.

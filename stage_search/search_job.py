@@ -34,8 +34,15 @@ class Branch:
 class SearchJob:
     """State of one question's search; strategies call `branch` and read the settings from here."""
 
-    def __init__(self, engine: Engine, messages: Sequence[ChatMessage], config: SearchConfig, *,
-                 job_id: str, emit: Emit | None = None):
+    def __init__(
+        self,
+        engine: Engine,
+        messages: Sequence[ChatMessage],
+        config: SearchConfig,
+        *,
+        job_id: str,
+        emit: Emit | None = None,
+    ):
         if not any(m.role == "user" for m in messages):
             raise ValueError("the conversation needs a user message")
         self.engine = engine
@@ -48,12 +55,14 @@ class SearchJob:
         self._emit = emit or (lambda event: None)
         self._seeds = itertools.count(config.seed) if config.seed is not None else None
         self.messages = self._with_stage_instruction(list(messages))
-        self.judge = PairwiseJudge(engine, mode=config.judge, debias=config.debias, job_id=job_id,
-                                   max_tokens=config.judge_max_tokens)
+        self.judge = PairwiseJudge(
+            engine, mode=config.judge, debias=config.debias, job_id=job_id, max_tokens=config.judge_max_tokens
+        )
 
     def _with_stage_instruction(self, messages: list[ChatMessage]) -> list[ChatMessage]:
         wanted = self.config.stage_prompt == "always" or (
-            self.config.stage_prompt == "auto" and not is_stage_trained(self.engine.model_name))
+            self.config.stage_prompt == "auto" and not is_stage_trained(self.engine.model_name)
+        )
         if not wanted:
             return messages
         # Added to the first user message rather than as a system turn: not every template has one.
@@ -80,19 +89,35 @@ class SearchJob:
         left = self.config.total_token_budget - self.accepted_tokens - later_stages
         return max(1, min(self.config.max_tokens_per_stage, left))
 
-    async def branch(self, assistant_prefix: str, *, n: int, max_tokens: int, stop: tuple[str, ...],
-                     clean: Callable[[Candidate], str], accepted: str, stage: Stage | None,
-                     stage_index: int) -> Branch:
+    async def branch(
+        self,
+        assistant_prefix: str,
+        *,
+        n: int,
+        max_tokens: int,
+        stop: tuple[str, ...],
+        clean: Callable[[Candidate], str],
+        accepted: str,
+        stage: Stage | None,
+        stage_index: int,
+    ) -> Branch:
         """Sample n continuations of the assistant prefix in one engine call; keep the judge's pick.
 
         `clean` turns a raw candidate into the text that would be accepted; identical cleaned texts
         are merged before judging, so n equal candidates cost no comparison.
         """
         prompt = self.engine.render(self.messages, assistant_prefix)
-        settings = SamplingSettings(n=n, max_tokens=max_tokens, temperature=self.config.temperature,
-                                    top_p=self.config.top_p, seed=self.next_seed(), stop=stop)
-        generation = await self.engine.generate(prompt, settings, job_id=self.job_id,
-                                                priority=self.priority(stage_index))
+        settings = SamplingSettings(
+            n=n,
+            max_tokens=max_tokens,
+            temperature=self.config.temperature,
+            top_p=self.config.top_p,
+            seed=self.next_seed(),
+            stop=stop,
+        )
+        generation = await self.engine.generate(
+            prompt, settings, job_id=self.job_id, priority=self.priority(stage_index)
+        )
         step = StepTrace(prompt_tokens=generation.prompt_tokens, cached_tokens=generation.cached_tokens)
         self.usage.prompt_tokens += generation.prompt_tokens
         self.usage.cached_tokens += generation.cached_tokens
@@ -121,16 +146,24 @@ class SearchJob:
         self.accepted_tokens += chosen.num_tokens
         return Branch(result.winner.text, chosen, step)
 
-    async def sample_one(self, assistant_prefix: str, *, max_tokens: int, stop: tuple[str, ...],
-                         stage: Stage) -> Branch:
+    async def sample_one(
+        self, assistant_prefix: str, *, max_tokens: int, stop: tuple[str, ...], stage: Stage
+    ) -> Branch:
         """One candidate, no judge, streamed: settled text goes out as StageDelta events at once."""
         prompt = self.engine.render(self.messages, assistant_prefix)
-        settings = SamplingSettings(n=1, max_tokens=max_tokens, temperature=self.config.temperature,
-                                    top_p=self.config.top_p, seed=self.next_seed(), stop=stop)
+        settings = SamplingSettings(
+            n=1,
+            max_tokens=max_tokens,
+            temperature=self.config.temperature,
+            top_p=self.config.top_p,
+            seed=self.next_seed(),
+            stop=stop,
+        )
         raw, sent = "", 0
         last: StreamDelta | None = None
-        async for delta in self.engine.stream(prompt, settings, job_id=self.job_id,
-                                              priority=self.priority(stage.index)):
+        async for delta in self.engine.stream(
+            prompt, settings, job_id=self.job_id, priority=self.priority(stage.index)
+        ):
             raw += delta.text
             settled = self.stages.settled_length(raw)
             if settled > sent:
@@ -141,8 +174,11 @@ class SearchJob:
             raise EngineError(f"the stream of job {self.job_id} ended without its candidate")
         candidate = last.candidate
         text = self.stages.clean_content(candidate.text)
-        step = StepTrace(prompt_tokens=last.prompt_tokens, cached_tokens=last.cached_tokens,
-                         candidates=[CandidateTrace(0, text, candidate.num_tokens, candidate.finish_reason)])
+        step = StepTrace(
+            prompt_tokens=last.prompt_tokens,
+            cached_tokens=last.cached_tokens,
+            candidates=[CandidateTrace(0, text, candidate.num_tokens, candidate.finish_reason)],
+        )
         self.usage.prompt_tokens += last.prompt_tokens
         self.usage.cached_tokens += last.cached_tokens
         self.usage.completion_tokens += candidate.num_tokens
@@ -165,7 +201,7 @@ class SearchJob:
 
 
 def _finish_reason(stages: list[StageTrace], answer_steps: list[StepTrace] | None) -> AnswerFinish:
-    """"length" when the answer's last chosen text was cut by a token limit, else "stop"."""
+    """ "length" when the answer's last chosen text was cut by a token limit, else "stop"."""
     steps = answer_steps or stages[-1].steps
     last_step = steps[-1] if steps else None
     if last_step is None or not last_step.candidates:

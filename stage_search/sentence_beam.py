@@ -32,9 +32,15 @@ async def sentence_beam_search(job: SearchJob) -> SearchResult:
         while True:
             limit = min(job.token_limit(stage.index), config.max_tokens_per_stage - used)
             branch = await job.branch(
-                accepted + stage.open_tag + body, n=config.beam_width, max_tokens=max(limit, 1),
-                stop=(SENTENCE_END, stage.close_tag), clean=clean,
-                accepted=accepted + stage.open_tag + body, stage=stage, stage_index=stage.index)
+                accepted + stage.open_tag + body,
+                n=config.beam_width,
+                max_tokens=max(limit, 1),
+                stop=(SENTENCE_END, stage.close_tag),
+                clean=clean,
+                accepted=accepted + stage.open_tag + body,
+                stage=stage,
+                stage_index=stage.index,
+            )
             body += branch.text
             steps.append(branch.step)
             used += branch.candidate.num_tokens

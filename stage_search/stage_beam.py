@@ -27,9 +27,16 @@ async def search_stages(job: SearchJob, n: int) -> SearchResult:
         if n == 1:
             branch = await job.sample_one(prefix, max_tokens=limit, stop=stop, stage=stage)
         else:
-            branch = await job.branch(prefix, n=n, max_tokens=limit, stop=stop,
-                                      clean=lambda candidate: job.stages.clean_content(candidate.text),
-                                      accepted=accepted, stage=stage, stage_index=stage.index)
+            branch = await job.branch(
+                prefix,
+                n=n,
+                max_tokens=limit,
+                stop=stop,
+                clean=lambda candidate: job.stages.clean_content(candidate.text),
+                accepted=accepted,
+                stage=stage,
+                stage_index=stage.index,
+            )
         accepted += stage.tagged(branch.text)
         traces.append(StageTrace(stage.name, branch.text, [branch.step], time.perf_counter() - started))
         job.emit(StageDecided(stage.name, stage.index, branch.text))

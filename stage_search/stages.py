@@ -12,8 +12,7 @@ STAGE_SEPARATOR = "\n\n"
 # What the judge looks for in each stage (our paraphrase of the paper's criteria), by position.
 STAGE_CRITERIA = (
     "it outlines how the question will be approached, without already doing the analysis or the math",
-    "it describes the image details that matter for the question thoroughly and accurately, "
-    "without general commentary",
+    "it describes the image details that matter for the question thoroughly and accurately, without general commentary",
     "its logic and calculations are correct and follow from the description of the image",
     "it states the final answer directly, consistent with the reasoning, and does not refuse to answer",
 )
@@ -102,7 +101,7 @@ class StageSet:
             if start < 0:
                 continue
             found = True
-            contents[stage.name] = self.clean_content(text[start + len(stage.open_tag):])
+            contents[stage.name] = self.clean_content(text[start + len(stage.open_tag) :])
         if not found:
             contents[self.last.name] = self.clean_content(text)
         return contents

@@ -95,17 +95,26 @@ class SearchResult:
         stages = []
         for stage in self.stages:
             last = stage.steps[-1] if stage.steps else None
-            stages.append({
-                "name": stage.name,
-                "text": stage.text.strip(),
-                "candidates": [asdict(c) for c in stage.candidates],
-                "matches": [asdict(m) for m in stage.matches],
-                "winner": last.winner if last else None,
-                "steps": [{"prompt_tokens": s.prompt_tokens, "cached_tokens": s.cached_tokens,
-                           "winner": s.winner, "rounds": s.rounds, "candidates": len(s.candidates)}
-                          for s in stage.steps],
-                "seconds": round(stage.seconds, 4),
-            })
+            stages.append(
+                {
+                    "name": stage.name,
+                    "text": stage.text.strip(),
+                    "candidates": [asdict(c) for c in stage.candidates],
+                    "matches": [asdict(m) for m in stage.matches],
+                    "winner": last.winner if last else None,
+                    "steps": [
+                        {
+                            "prompt_tokens": s.prompt_tokens,
+                            "cached_tokens": s.cached_tokens,
+                            "winner": s.winner,
+                            "rounds": s.rounds,
+                            "candidates": len(s.candidates),
+                        }
+                        for s in stage.steps
+                    ],
+                    "seconds": round(stage.seconds, 4),
+                }
+            )
         return {
             "strategy": self.strategy,
             "beam_width": self.beam_width,

@@ -100,18 +100,51 @@ def image_host():
 def server(cli_env, image_host, tiny_model_dir, tmp_path_factory):
     """`llava-o1 serve` as a real subprocess on loopback with the random tiny model (its stages run to
     the token limit, so tests can count tokens and judge matches)."""
-    args = ["--model", str(tiny_model_dir), "--served-model-name", MODEL, "--api-key", API_KEY, "--max-tokens-per-stage", "16",
-            "--max-beam-width", "6", "--max-images", "2", "--max-image-pixels", "1000000",
-            "--max-body-bytes", "2000000", "--allow-remote-images", "--allow-private-image-hosts", image_host,
-            "--remote-image-max-bytes", "100000", "--remote-image-timeout", "1.5", "--max-model-len", "4096"]
+    args = [
+        "--model",
+        str(tiny_model_dir),
+        "--served-model-name",
+        MODEL,
+        "--api-key",
+        API_KEY,
+        "--max-tokens-per-stage",
+        "16",
+        "--max-beam-width",
+        "6",
+        "--max-images",
+        "2",
+        "--max-image-pixels",
+        "1000000",
+        "--max-body-bytes",
+        "2000000",
+        "--allow-remote-images",
+        "--allow-private-image-hosts",
+        image_host,
+        "--remote-image-max-bytes",
+        "100000",
+        "--remote-image-timeout",
+        "1.5",
+        "--max-model-len",
+        "4096",
+    ]
     yield from serve_subprocess(args, cli_env, tmp_path_factory.mktemp("server") / "serve.log")
 
 
 @pytest.fixture(scope="session")
 def hf_server(cli_env, tiny_mllama_dir, tmp_path_factory):
     """`llava-o1 serve --engine hf` on the tiny Mllama, as a real subprocess on loopback."""
-    args = ["--model", str(tiny_mllama_dir), "--served-model-name", "tiny-mllama", "--engine", "hf",
-            "--api-key", API_KEY, "--max-tokens-per-stage", "12"]
+    args = [
+        "--model",
+        str(tiny_mllama_dir),
+        "--served-model-name",
+        "tiny-mllama",
+        "--engine",
+        "hf",
+        "--api-key",
+        API_KEY,
+        "--max-tokens-per-stage",
+        "12",
+    ]
     yield from serve_subprocess(args, cli_env, tmp_path_factory.mktemp("hf-server") / "serve.log")
 
 
@@ -126,8 +159,9 @@ def serve_subprocess(args: list[str], env: dict[str, str], log_path: Path):
 
     port = free_port()
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(["llava-o1", "serve", "--port", str(port), *args], env=env, stdout=log,
-                                stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            ["llava-o1", "serve", "--port", str(port), *args], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:

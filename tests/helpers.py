@@ -17,8 +17,11 @@ from models.engine import ChatMessage, ChatPart, Engine, SamplingSettings
 API_KEY = "sk-test-key"  # the test servers' bearer token
 MODEL = "llava-o1-tiny"  # the name the session's vLLM test server serves the tiny model under
 STAGES = ["SUMMARY", "CAPTION", "REASONING", "CONCLUSION"]
-TAGGED = re.compile(r"<SUMMARY>(.*)</SUMMARY>\n\n<CAPTION>(.*)</CAPTION>\n\n"
-                    r"<REASONING>(.*)</REASONING>\n\n<CONCLUSION>(.*)</CONCLUSION>", re.S)
+TAGGED = re.compile(
+    r"<SUMMARY>(.*)</SUMMARY>\n\n<CAPTION>(.*)</CAPTION>\n\n"
+    r"<REASONING>(.*)</REASONING>\n\n<CONCLUSION>(.*)</CONCLUSION>",
+    re.S,
+)
 REASONING = re.compile(r"<SUMMARY>(.*)</SUMMARY>\n\n<CAPTION>(.*)</CAPTION>\n\n<REASONING>(.*)</REASONING>", re.S)
 
 # Small prefill budget: prompts longer than this are prefilled in chunks, which is the condition

@@ -35,9 +35,13 @@ class ScriptedEngine(Engine):
     model_name = "scripted"
     max_model_len = 100_000
 
-    def __init__(self, texts: Callable[[Prompt, SamplingSettings], Sequence[str]],
-                 first_slot_bias: float = 0.0, verdict_text: str | None = None,
-                 finish_reason: str = "stop"):
+    def __init__(
+        self,
+        texts: Callable[[Prompt, SamplingSettings], Sequence[str]],
+        first_slot_bias: float = 0.0,
+        verdict_text: str | None = None,
+        finish_reason: str = "stop",
+    ):
         self._texts = texts
         self._bias = first_slot_bias
         self._verdict_text = verdict_text
@@ -51,8 +55,9 @@ class ScriptedEngine(Engine):
         self.hang = False
 
     def render(self, messages: Sequence[ChatMessage], assistant_prefix: str = "") -> Prompt:
-        text = "\n".join(m.content if isinstance(m.content, str) else " ".join(p.text for p in m.content)
-                         for m in messages)
+        text = "\n".join(
+            m.content if isinstance(m.content, str) else " ".join(p.text for p in m.content) for m in messages
+        )
         return Prompt(text=f"{text}\nASSISTANT:{assistant_prefix}")
 
     async def generate(self, prompt, settings, *, job_id, priority=0) -> Generation:
@@ -65,9 +70,15 @@ class ScriptedEngine(Engine):
         else:
             texts = list(self._texts(prompt, settings))[: settings.n]
         candidates = tuple(
-            Candidate(t, len(t.split()) + 1, -1.0, self._finish_reason,
-                      settings.stop[0] if settings.stop and self._finish_reason == "stop" else None)
-            for t in texts)
+            Candidate(
+                t,
+                len(t.split()) + 1,
+                -1.0,
+                self._finish_reason,
+                settings.stop[0] if settings.stop and self._finish_reason == "stop" else None,
+            )
+            for t in texts
+        )
         await asyncio.sleep(0)
         return Generation(candidates, prompt_tokens=len(prompt.text.split()), cached_tokens=0)
 

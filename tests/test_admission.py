@@ -53,8 +53,13 @@ async def test_auto_beam_width_shrinks_as_the_queue_fills():
 
 # -- a real server on loopback, sharing the session engine ----------------------------------------
 
-SMALL = ServerSettings(search=SearchConfig(max_tokens_per_stage=16), max_beam_width=4,
-                       max_concurrent_searches=2, max_queue=4, request_timeout_s=60)
+SMALL = ServerSettings(
+    search=SearchConfig(max_tokens_per_stage=16),
+    max_beam_width=4,
+    max_concurrent_searches=2,
+    max_queue=4,
+    request_timeout_s=60,
+)
 
 
 @pytest.fixture(scope="module")
@@ -83,9 +88,19 @@ async def small_server(engine, settings=SMALL):
 
 
 def payload(image_url, **reasoning):
-    return {"model": "x", "messages": [{"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": image_url}}, {"type": "text", "text": "How many?"}]}],
-        "reasoning": reasoning}
+    return {
+        "model": "x",
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image_url", "image_url": {"url": image_url}},
+                    {"type": "text", "text": "How many?"},
+                ],
+            }
+        ],
+        "reasoning": reasoning,
+    }
 
 
 async def test_overload_ends_every_request_in_success_429_or_504(engine, image_url):
@@ -94,6 +109,7 @@ async def test_overload_ends_every_request_in_success_429_or_504(engine, image_u
         body["model"] = engine.model_name
         # 4x more clients than slots + queue; each makes a bounded number of requests.
         async with httpx.AsyncClient(base_url=base, timeout=60) as client:
+
             async def one(i):
                 response = await client.post("/v1/chat/completions", json={**body, "seed": i if i % 4 == 0 else None})
                 return response

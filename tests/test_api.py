@@ -26,8 +26,9 @@ def http(server):
 
 
 def test_split_answer_puts_the_conclusion_in_content_and_the_rest_in_reasoning_content(client):
-    response = client.chat.completions.create(model=MODEL, messages=question(),
-                                              extra_body={"reasoning": {"beam_width": 3}})
+    response = client.chat.completions.create(
+        model=MODEL, messages=question(), extra_body={"reasoning": {"beam_width": 3}}
+    )
     message = response.choices[0].message
     assert isinstance(message.content, str) and "<" + "CONCLUSION>" not in message.content
     assert REASONING.fullmatch(extra(message, "reasoning_content"))
@@ -40,15 +41,21 @@ def test_split_answer_puts_the_conclusion_in_content_and_the_rest_in_reasoning_c
 
 
 def test_tagged_output_is_well_formed(client):
-    response = client.chat.completions.create(model=MODEL, messages=question(), max_tokens=40,
-                                              extra_body={"reasoning": {"output": "tagged", "beam_width": 2}})
+    response = client.chat.completions.create(
+        model=MODEL, messages=question(), max_tokens=40, extra_body={"reasoning": {"output": "tagged", "beam_width": 2}}
+    )
     assert TAGGED.fullmatch(response.choices[0].message.content)
 
 
 def test_trace_lists_candidates_and_matches_per_stage(client):
     response = client.chat.completions.create(
-        model=MODEL, messages=question(), seed=3, temperature=0.9, top_p=0.95,
-        extra_body={"reasoning": {"beam_width": 4, "trace": True, "judge": "logprob", "debias": True}})
+        model=MODEL,
+        messages=question(),
+        seed=3,
+        temperature=0.9,
+        top_p=0.95,
+        extra_body={"reasoning": {"beam_width": 4, "trace": True, "judge": "logprob", "debias": True}},
+    )
     trace = extra(response, "reasoning")["trace"]
     assert [s["name"] for s in trace["stages"]] == STAGES
     for stage in trace["stages"]:
@@ -58,9 +65,13 @@ def test_trace_lists_candidates_and_matches_per_stage(client):
 
 
 def test_streamed_stages_arrive_in_order_and_join_into_the_same_structure(client):
-    stream = client.chat.completions.create(model=MODEL, messages=question(), stream=True,
-                                            stream_options={"include_usage": True},
-                                            extra_body={"reasoning": {"beam_width": 2}})
+    stream = client.chat.completions.create(
+        model=MODEL,
+        messages=question(),
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body={"reasoning": {"beam_width": 2}},
+    )
     pieces, finish, usage = stream_pieces(stream)
     order = []
     for stage, _, _ in pieces:
@@ -75,15 +86,21 @@ def test_streamed_stages_arrive_in_order_and_join_into_the_same_structure(client
 
 
 def test_streamed_tagged_answer_equals_the_tagged_text(client):
-    stream = client.chat.completions.create(model=MODEL, messages=question(), stream=True, seed=9,
-                                            extra_body={"reasoning": {"beam_width": 2, "output": "tagged"}})
+    stream = client.chat.completions.create(
+        model=MODEL,
+        messages=question(),
+        stream=True,
+        seed=9,
+        extra_body={"reasoning": {"beam_width": 2, "output": "tagged"}},
+    )
     pieces, _, _ = stream_pieces(stream)
     assert TAGGED.fullmatch("".join(t for _, _, t in pieces))
 
 
 def test_beam_width_one_streams_token_by_token(client):
-    stream = client.chat.completions.create(model=MODEL, messages=question(), stream=True,
-                                            extra_body={"reasoning": {"beam_width": 1}})
+    stream = client.chat.completions.create(
+        model=MODEL, messages=question(), stream=True, extra_body={"reasoning": {"beam_width": 1}}
+    )
     pieces, _, _ = stream_pieces(stream)
     summary_pieces = [t for s, _, t in pieces if s == "SUMMARY"]
     # The opening tag, several text pieces, the closing tag.
@@ -92,11 +109,13 @@ def test_beam_width_one_streams_token_by_token(client):
 
 async def test_async_client_plain_and_streaming(server):
     client = openai.AsyncOpenAI(base_url=server["base"] + "/v1", api_key=API_KEY, max_retries=0)
-    response = await client.chat.completions.create(model=MODEL, messages=question(),
-                                                    extra_body={"reasoning": {"beam_width": 2}})
+    response = await client.chat.completions.create(
+        model=MODEL, messages=question(), extra_body={"reasoning": {"beam_width": 2}}
+    )
     assert REASONING.fullmatch(extra(response.choices[0].message, "reasoning_content"))
-    stream = await client.chat.completions.create(model=MODEL, messages=question(), stream=True,
-                                                  extra_body={"reasoning": {"beam_width": 2}})
+    stream = await client.chat.completions.create(
+        model=MODEL, messages=question(), stream=True, extra_body={"reasoning": {"beam_width": 2}}
+    )
     stages = [extra(c.choices[0].delta, "stage") async for c in stream if c.choices]
     assert [s for i, s in enumerate(stages) if s and s not in stages[:i]] == STAGES
     await client.close()
@@ -105,8 +124,11 @@ async def test_async_client_plain_and_streaming(server):
 @pytest.mark.parametrize("strategy", ["stage", "sentence", "best_of_n", "none"])
 def test_every_strategy_answers(client, strategy):
     response = client.chat.completions.create(
-        model=MODEL, messages=question(), max_tokens=48,
-        extra_body={"reasoning": {"strategy": strategy, "beam_width": 2, "output": "tagged"}})
+        model=MODEL,
+        messages=question(),
+        max_tokens=48,
+        extra_body={"reasoning": {"strategy": strategy, "beam_width": 2, "output": "tagged"}},
+    )
     assert TAGGED.fullmatch(response.choices[0].message.content)
     assert extra(response, "reasoning")["strategy"] == strategy
 
@@ -114,7 +136,8 @@ def test_every_strategy_answers(client, strategy):
 def test_remote_image_from_an_allowed_host_reaches_the_prompt(client, image_host):
     def first_prompt_tokens(messages) -> int:
         response = client.chat.completions.create(
-            model=MODEL, messages=messages, extra_body={"reasoning": {"beam_width": 1, "trace": True}})
+            model=MODEL, messages=messages, extra_body={"reasoning": {"beam_width": 1, "trace": True}}
+        )
         return extra(response, "reasoning")["trace"]["stages"][0]["steps"][0]["prompt_tokens"]
 
     with_image = first_prompt_tokens(question("How many?", f"http://{image_host}/shapes.png"))
@@ -146,14 +169,28 @@ ERROR_CASES = {
     "malformed_json": (dict(content=b'{"model": "llava-o1-tiny", "messages": [}'), 400, None),
     "wrong_model": (dict(json=body(model="gpt-4o")), 404, "model"),
     "no_user_message": (dict(json=body(messages=[{"role": "system", "content": "hi"}])), 400, "messages"),
-    "no_text": (dict(json=body(messages=[{"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": data_url()}}]}])), 400, "messages"),
+    "no_text": (
+        dict(
+            json=body(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url()}}]}])
+        ),
+        400,
+        "messages",
+    ),
     "empty_messages": (dict(json=body(messages=[])), 400, "messages"),
-    "invalid_base64": (dict(json=body(messages=question("q", "data:image/png;base64,@@notbase64@@"))), 400,
-                       "messages[0].content[0].image_url"),
-    "not_an_image": (dict(json=body(messages=question("q", "data:image/png;base64," +
-                                                      base64.b64encode(b"hello, not a picture").decode()))),
-                     400, "messages[0].content[0].image_url"),
+    "invalid_base64": (
+        dict(json=body(messages=question("q", "data:image/png;base64,@@notbase64@@"))),
+        400,
+        "messages[0].content[0].image_url",
+    ),
+    "not_an_image": (
+        dict(
+            json=body(
+                messages=question("q", "data:image/png;base64," + base64.b64encode(b"hello, not a picture").decode())
+            )
+        ),
+        400,
+        "messages[0].content[0].image_url",
+    ),
     "pixel_bomb": (dict(json=body(messages=question("q", "BOMB"))), 400, "messages[0].content[0].image_url"),
     "too_many_images": (dict(json=body(messages=question("q", data_url(), data_url(), data_url()))), 400, "messages"),
     "body_too_large": (dict(content=b'{"model": "' + b"x" * 2_100_000 + b'"}'), 413, None),
@@ -165,18 +202,36 @@ ERROR_CASES = {
     "n_above_one": (dict(json=body(n=2)), 400, "n"),
     "max_tokens_below_stages": (dict(json=body(max_tokens=2)), 400, "max_tokens"),
     "bad_temperature": (dict(json=body(temperature=5)), 400, "temperature"),
-    "remote_loopback": (dict(json=body(messages=question("q", "http://127.0.0.1:9/x.png"))), 400,
-                        "messages[0].content[0].image_url"),
-    "remote_localhost_name": (dict(json=body(messages=question("q", "http://localhost:1/x.png"))), 400,
-                              "messages[0].content[0].image_url"),
-    "remote_link_local": (dict(json=body(messages=question("q", "http://169.254.169.254/latest"))), 400,
-                          "messages[0].content[0].image_url"),
-    "remote_too_large": (dict(json=body(messages=question("q", "http://IMAGE_HOST/big.png"))), 400,
-                         "messages[0].content[0].image_url"),
-    "remote_too_slow": (dict(json=body(messages=question("q", "http://IMAGE_HOST/slow.png"))), 400,
-                        "messages[0].content[0].image_url"),
-    "bad_url_scheme": (dict(json=body(messages=question("q", "file:///etc/passwd"))), 400,
-                       "messages[0].content[0].image_url"),
+    "remote_loopback": (
+        dict(json=body(messages=question("q", "http://127.0.0.1:9/x.png"))),
+        400,
+        "messages[0].content[0].image_url",
+    ),
+    "remote_localhost_name": (
+        dict(json=body(messages=question("q", "http://localhost:1/x.png"))),
+        400,
+        "messages[0].content[0].image_url",
+    ),
+    "remote_link_local": (
+        dict(json=body(messages=question("q", "http://169.254.169.254/latest"))),
+        400,
+        "messages[0].content[0].image_url",
+    ),
+    "remote_too_large": (
+        dict(json=body(messages=question("q", "http://IMAGE_HOST/big.png"))),
+        400,
+        "messages[0].content[0].image_url",
+    ),
+    "remote_too_slow": (
+        dict(json=body(messages=question("q", "http://IMAGE_HOST/slow.png"))),
+        400,
+        "messages[0].content[0].image_url",
+    ),
+    "bad_url_scheme": (
+        dict(json=body(messages=question("q", "file:///etc/passwd"))),
+        400,
+        "messages[0].content[0].image_url",
+    ),
 }
 
 
@@ -232,15 +287,20 @@ def running_requests(server) -> int:
     return httpx.get(server["base"] + "/health").json()["running_requests"]
 
 
-
-
 LONG_SEARCH = {"beam_width": 4, "max_tokens_per_stage": 2000}
 
 
 def test_a_streaming_client_that_disconnects_leaves_no_engine_work(server):
     payload = body(stream=True, reasoning=LONG_SEARCH, max_tokens=None)
-    with httpx.Client(timeout=60) as c, c.stream("POST", server["base"] + "/v1/chat/completions", json=payload,
-                  headers={"Authorization": f"Bearer {API_KEY}"}) as response:
+    with (
+        httpx.Client(timeout=60) as c,
+        c.stream(
+            "POST",
+            server["base"] + "/v1/chat/completions",
+            json=payload,
+            headers={"Authorization": f"Bearer {API_KEY}"},
+        ) as response,
+    ):
         assert response.status_code == 200
         lines = response.iter_lines()
         assert next(lines).startswith("data: ")  # the role chunk: the search is under way
@@ -252,8 +312,12 @@ def test_a_streaming_client_that_disconnects_leaves_no_engine_work(server):
 def test_a_plain_client_that_disconnects_leaves_no_engine_work(server):
     payload = body(reasoning=LONG_SEARCH, max_tokens=None)
     with pytest.raises(httpx.TimeoutException):
-        httpx.post(server["base"] + "/v1/chat/completions", json=payload, timeout=3,
-                   headers={"Authorization": f"Bearer {API_KEY}"})
+        httpx.post(
+            server["base"] + "/v1/chat/completions",
+            json=payload,
+            timeout=3,
+            headers={"Authorization": f"Bearer {API_KEY}"},
+        )
     assert wait_for(lambda: running_requests(server) == 0), "engine work kept running after the client left"
 
 
@@ -261,12 +325,20 @@ async def test_seeded_requests_under_concurrent_load_never_kill_the_engine(serve
     import asyncio
 
     long_text = "How many red circles and blue squares are in the image? " * 20  # 16 x ~400 tokens: chunked prefill
-    async with httpx.AsyncClient(base_url=server["base"], timeout=180,
-                                 headers={"Authorization": f"Bearer {API_KEY}"}) as c:
+    async with httpx.AsyncClient(
+        base_url=server["base"], timeout=180, headers={"Authorization": f"Bearer {API_KEY}"}
+    ) as c:
+
         async def one(i):
-            return await c.post("/v1/chat/completions", json=body(
-                messages=question(f"{i}: {long_text}"), seed=i if i % 4 == 0 else None,
-                reasoning={"beam_width": 2}, max_tokens=16))
+            return await c.post(
+                "/v1/chat/completions",
+                json=body(
+                    messages=question(f"{i}: {long_text}"),
+                    seed=i if i % 4 == 0 else None,
+                    reasoning={"beam_width": 2},
+                    max_tokens=16,
+                ),
+            )
 
         responses = await asyncio.gather(*(one(i) for i in range(16)))
     assert [r.status_code for r in responses] == [200] * 16
@@ -275,8 +347,9 @@ async def test_seeded_requests_under_concurrent_load_never_kill_the_engine(serve
 
 def test_temperature_zero_with_a_beam_is_answered(client):
     # Evaluation harnesses send temperature 0 by default; the beam's candidates are then all equal.
-    response = client.chat.completions.create(model=MODEL, messages=question(), temperature=0,
-                                              extra_body={"reasoning": {"beam_width": 3, "trace": True}})
+    response = client.chat.completions.create(
+        model=MODEL, messages=question(), temperature=0, extra_body={"reasoning": {"beam_width": 3, "trace": True}}
+    )
     trace = extra(response, "reasoning")["trace"]
     assert all(len({c["text"] for c in stage["candidates"]}) == 1 for stage in trace["stages"])
     assert all(not stage["matches"] for stage in trace["stages"])  # equal candidates need no judge

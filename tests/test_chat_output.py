@@ -10,8 +10,12 @@ from stage_search.stages import StageSet
 from stage_search.trace import SearchResult, StageTrace, Usage
 
 STAGE_SET = StageSet.from_names()
-BODIES = {"SUMMARY": " I will count. ", "CAPTION": "Two red squares.\n", "REASONING": "  2 squares. ",
-          "CONCLUSION": " The answer is 2. "}
+BODIES = {
+    "SUMMARY": " I will count. ",
+    "CAPTION": "Two red squares.\n",
+    "REASONING": "  2 squares. ",
+    "CONCLUSION": " The answer is 2. ",
+}
 
 
 def result() -> SearchResult:
@@ -27,7 +31,7 @@ def streamed(output: str, split_into: int = 1) -> list[tuple[str, str, str]]:
         events = [StageStarted(stage.name, stage.index)]
         if split_into > 1:
             step = max(1, len(body) // split_into)
-            events += [StageDelta(stage.name, stage.index, body[i:i + step]) for i in range(0, len(body), step)]
+            events += [StageDelta(stage.name, stage.index, body[i : i + step]) for i in range(0, len(body), step)]
         events.append(StageDecided(stage.name, stage.index, body))
         for event in events:
             pieces += [(p.field, p.text, p.stage) for p in writer.pieces(event)]
@@ -41,7 +45,8 @@ def joined(pieces, field: str) -> str:
 def test_split_output_puts_trimmed_tagged_reasoning_stages_aside_and_the_conclusion_in_content():
     pieces = streamed("split")
     assert joined(pieces, "reasoning_content") == (
-        "<SUMMARY>I will count.</SUMMARY>\n\n<CAPTION>Two red squares.</CAPTION>\n\n<REASONING>2 squares.</REASONING>")
+        "<SUMMARY>I will count.</SUMMARY>\n\n<CAPTION>Two red squares.</CAPTION>\n\n<REASONING>2 squares.</REASONING>"
+    )
     assert joined(pieces, "content") == "The answer is 2."
     assert {stage for f, _, stage in pieces if f == "content"} == {"CONCLUSION"}
 

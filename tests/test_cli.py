@@ -30,12 +30,27 @@ def test_tiny_model_command_builds_a_loadable_model(cli_env, tmp_path):
     assert processor.chat_template and model.config.model_type == "idefics3"
 
 
-
 def test_ask_prints_the_result_and_trace_as_json(cli_env, tmp_path):
     image = tmp_path / "shapes.png"
     shapes_image().save(image)
-    done = run(["ask", "--image", str(image), "--question", "How many?", "--strategy", "stage",
-                "--beam-width", "4", "--max-tokens-per-stage", "12", "--json"], cli_env, timeout=300)
+    done = run(
+        [
+            "ask",
+            "--image",
+            str(image),
+            "--question",
+            "How many?",
+            "--strategy",
+            "stage",
+            "--beam-width",
+            "4",
+            "--max-tokens-per-stage",
+            "12",
+            "--json",
+        ],
+        cli_env,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout)
     assert [s["name"] for s in result["stages"]] == STAGES
@@ -57,10 +72,29 @@ def test_ask_refuses_a_file_that_is_not_an_image(cli_env, tmp_path):
 
 def test_bench_runs_all_modes_and_writes_results_and_a_plot(cli_env, tmp_path):
     out = tmp_path / "bench"
-    done = run(["bench", "--modes", "ours,reference,raw", "--concurrency", "1,2", "--beam-width", "2",
-                "--requests", "3", "--rounds", "2", "--reference-requests", "1", "--max-tokens-per-stage", "6",
-                "--out", str(out)],
-               cli_env, timeout=400)
+    done = run(
+        [
+            "bench",
+            "--modes",
+            "ours,reference,raw",
+            "--concurrency",
+            "1,2",
+            "--beam-width",
+            "2",
+            "--requests",
+            "3",
+            "--rounds",
+            "2",
+            "--reference-requests",
+            "1",
+            "--max-tokens-per-stage",
+            "6",
+            "--out",
+            str(out),
+        ],
+        cli_env,
+        timeout=400,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "| ours |" in done.stdout and "| reference |" in done.stdout and "| raw |" in done.stdout
     assert "ours c=2 round 2/2: 3/3 requests" in done.stderr  # progress
@@ -91,8 +125,21 @@ def test_vllm_per_weight_warnings_are_quiet_unless_verbose(cli_env, tiny_model_d
     image = tmp_path / "shapes.png"
     shapes_image().save(image)
     # A float32 checkpoint run in bfloat16: vLLM warns once per weight while loading it.
-    args = ["ask", "--model", str(tiny_model_dir), "--dtype", "bfloat16", "--image", str(image),
-            "--question", "How many?", "--strategy", "none", "--max-tokens-per-stage", "2"]
+    args = [
+        "ask",
+        "--model",
+        str(tiny_model_dir),
+        "--dtype",
+        "bfloat16",
+        "--image",
+        str(image),
+        "--question",
+        "How many?",
+        "--strategy",
+        "none",
+        "--max-tokens-per-stage",
+        "2",
+    ]
     quiet, verbose = run(args, cli_env, timeout=300), run([*args, "-v"], cli_env, timeout=300)
     assert quiet.returncode == 0 and verbose.returncode == 0, quiet.stderr[-3000:] + verbose.stderr[-3000:]
     assert "Attempted to load weight" in verbose.stderr  # the load does warn ...

@@ -16,8 +16,21 @@ def test_ask_uses_the_demo_model_and_counts_right(cli_env, tmp_path):
     image = tmp_path / "shapes" / "images" / "000000.png"
     truth = count(Image.open(image).convert("RGB"), COLORS["yellow"])
     assert truth > 0  # the README's picture: a count of zero would prove little
-    result = json.loads(run_cli(cli_env, "ask", "--image", str(image), "--question", "How many yellow shapes are in the image?",
-                            "--strategy", "none", "--temperature", "0", "--json").stdout)
+    result = json.loads(
+        run_cli(
+            cli_env,
+            "ask",
+            "--image",
+            str(image),
+            "--question",
+            "How many yellow shapes are in the image?",
+            "--strategy",
+            "none",
+            "--temperature",
+            "0",
+            "--json",
+        ).stdout
+    )
     assert [s["name"] for s in result["stages"]] == STAGES
     assert all(s["candidates"][0]["finish_reason"] == "stop" for s in result["stages"])  # it closed every stage
     assert result["answer"] == f"The answer is {truth}."
@@ -32,5 +45,9 @@ def test_recipe_trains_each_phase_on_its_own_data(tmp_path):
     assert recorded == summary
     assert [(p["lr"], p["steps"]) for p in recorded["phases"]] == [(1e-3, 2), (5e-4, 2)]
     assert [p["data"] for p in recorded["phases"]] == [
-        "llava-o1 synth-data --n 8 --seed 0 --test-fraction 0", "llava-o1 synth-data --n 8 --seed 7 --test-fraction 0"]
-    assert {"model.safetensors", "tokenizer.json", "processor_config.json"} <= {p.name for p in (tmp_path / "demo").iterdir()}
+        "llava-o1 synth-data --n 8 --seed 0 --test-fraction 0",
+        "llava-o1 synth-data --n 8 --seed 7 --test-fraction 0",
+    ]
+    assert {"model.safetensors", "tokenizer.json", "processor_config.json"} <= {
+        p.name for p in (tmp_path / "demo").iterdir()
+    }

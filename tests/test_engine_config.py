@@ -7,11 +7,14 @@ import pytest
 from models.engine_config import cpu_has_native_bf16, engine_args_for
 
 
-@pytest.mark.parametrize("features, native", [
-    ({"avx512_bf16": False, "amx": False}, False),
-    ({"avx512_bf16": True, "amx": False}, True),
-    ({"avx512_bf16": False, "amx": True}, True),
-])
+@pytest.mark.parametrize(
+    "features, native",
+    [
+        ({"avx512_bf16": False, "amx": False}, False),
+        ({"avx512_bf16": True, "amx": False}, True),
+        ({"avx512_bf16": False, "amx": True}, True),
+    ],
+)
 def test_x86_has_native_bf16_only_with_avx512_bf16_or_amx(features, native):
     assert cpu_has_native_bf16("x86_64", features) is native
 

@@ -55,10 +55,11 @@ async def test_stop_string_ends_candidate_and_is_the_finish_reason(any_engine):
     free = (await any_engine.generate(prompt, settings, job_id="stop-free")).candidates[0]
     # A stop string taken from the middle of what the same seed writes without one.
     text = free.text
-    start = next(i for i in range(len(text) // 3, len(text) - 2) if text[i:i + 2].isprintable())
-    stop = text[start:start + 2]
-    stopped = (await any_engine.generate(prompt, SamplingSettings(n=1, max_tokens=40, seed=11, stop=(stop,)),
-                                     job_id="stop")).candidates[0]
+    start = next(i for i in range(len(text) // 3, len(text) - 2) if text[i : i + 2].isprintable())
+    stop = text[start : start + 2]
+    stopped = (
+        await any_engine.generate(prompt, SamplingSettings(n=1, max_tokens=40, seed=11, stop=(stop,)), job_id="stop")
+    ).candidates[0]
     assert stopped.finish_reason == "stop"
     assert stopped.stop_reason == stop
     assert stopped.text == text[: text.index(stop)]
@@ -98,7 +99,8 @@ async def test_abort_leaves_no_running_request(any_engine):
     prompt = any_engine.render(image_question("Describe everything."), "<CAPTION>")
     task = asyncio.create_task(
         # ignore_eos: no candidate can end on its own before the abort.
-        any_engine.generate(prompt, SamplingSettings(n=4, max_tokens=3000, ignore_eos=True), job_id="abort-me"))
+        any_engine.generate(prompt, SamplingSettings(n=4, max_tokens=3000, ignore_eos=True), job_id="abort-me")
+    )
     assert await wait_until(lambda: any_engine.num_unfinished_requests() > 0), "request never started"
     await any_engine.abort("abort-me")
     result = await asyncio.wait_for(task, timeout=10)
@@ -110,7 +112,8 @@ async def test_abort_leaves_no_running_request(any_engine):
 async def test_cancelled_caller_aborts_its_engine_work(any_engine):
     prompt = any_engine.render(image_question("Describe everything."), "<CAPTION>")
     task = asyncio.create_task(
-        any_engine.generate(prompt, SamplingSettings(n=2, max_tokens=3000), job_id="client-gone"))
+        any_engine.generate(prompt, SamplingSettings(n=2, max_tokens=3000), job_id="client-gone")
+    )
     assert await wait_until(lambda: any_engine.num_unfinished_requests() > 0)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -162,7 +165,6 @@ async def test_engine_is_healthy_and_reports_load(any_engine):
     assert stats.running_requests >= 0 and stats.waiting_requests >= 0
     assert 0.0 <= stats.kv_cache_usage <= 1.0
     assert 0.0 <= stats.prefix_cache_hit_ratio <= 1.0
-
 
 
 async def test_greedy_with_several_candidates_gives_equal_candidates(any_engine):

@@ -9,7 +9,9 @@ from server.gpu_metrics import GPU_METRIC_NAMES, GpuCollector
 
 
 def samples(collector):
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value for family in collector.collect() for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value for family in collector.collect() for s in family.samples
+    }
 
 
 def test_without_a_driver_only_the_count_is_exported_as_zero(caplog):

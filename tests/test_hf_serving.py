@@ -20,8 +20,9 @@ def test_the_hf_server_lists_its_model_and_logs_its_engine(hf_client, hf_server)
 
 
 def test_stage_search_answer_on_the_hf_engine(hf_client):
-    response = hf_client.chat.completions.create(model=MODEL, messages=question(), seed=3,
-                                                 extra_body={"reasoning": {"beam_width": 3}})
+    response = hf_client.chat.completions.create(
+        model=MODEL, messages=question(), seed=3, extra_body={"reasoning": {"beam_width": 3}}
+    )
     message = response.choices[0].message
     assert REASONING.fullmatch(extra(message, "reasoning_content"))
     assert isinstance(message.content, str)
@@ -30,9 +31,13 @@ def test_stage_search_answer_on_the_hf_engine(hf_client):
 
 
 def test_streamed_stages_on_the_hf_engine(hf_client):
-    stream = hf_client.chat.completions.create(model=MODEL, messages=question(), stream=True,
-                                               stream_options={"include_usage": True},
-                                               extra_body={"reasoning": {"beam_width": 2, "output": "tagged"}})
+    stream = hf_client.chat.completions.create(
+        model=MODEL,
+        messages=question(),
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body={"reasoning": {"beam_width": 2, "output": "tagged"}},
+    )
     pieces, finish, usage = stream_pieces(stream)
     assert [s for i, (s, _, _) in enumerate(pieces) if i == 0 or pieces[i - 1][0] != s] == STAGES
     assert TAGGED.fullmatch("".join(t for _, _, t in pieces))

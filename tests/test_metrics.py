@@ -27,14 +27,24 @@ def prometheus(server, tmp_path_factory):
     config.write_text(
         "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
         f"scrape_configs:\n  - job_name: llava-o1\n    static_configs:\n"
-        f"      - targets: ['127.0.0.1:{server['port']}']\n")
+        f"      - targets: ['127.0.0.1:{server['port']}']\n"
+    )
     port = free_port()
-    proc = subprocess.Popen([binary, f"--config.file={config}", f"--storage.tsdb.path={folder / 'data'}",
-                             f"--web.listen-address=127.0.0.1:{port}"],
-                            stdout=subprocess.DEVNULL, stderr=(folder / "prometheus.log").open("w"))
+    proc = subprocess.Popen(
+        [
+            binary,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={folder / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=(folder / "prometheus.log").open("w"),
+    )
     base = f"http://127.0.0.1:{port}"
     try:
-        assert wait_for(lambda: query(base, 'up{job="llava-o1"}') == 1.0, 60), (folder / "prometheus.log").read_text()[-3000:]
+        assert wait_for(lambda: query(base, 'up{job="llava-o1"}') == 1.0, 60), (folder / "prometheus.log").read_text()[
+            -3000:
+        ]
         yield base
     finally:
         proc.terminate()
@@ -48,8 +58,6 @@ def query(base: str, expr: str) -> float | None:
         return None
     result = response.json()["data"]["result"]
     return float(result[0]["value"][1]) if result else None
-
-
 
 
 def scraped_value(prom: str, server_metrics: str, expr: str, sample: str) -> float:
@@ -88,8 +96,10 @@ def test_prometheus_sees_exactly_the_requests_candidates_and_latencies(server, p
             ("latency", f'llava_o1_request_duration_seconds_count{{strategy="{strategy}"}}'),
             ("first", f'llava_o1_time_to_first_stage_seconds_count{{strategy="{strategy}"}}'),
             *[(f"cand-{s}", f'llava_o1_candidates_total{{strategy="{strategy}",stage="{s}"}}') for s in STAGES],
-            *[(f"stage-{s}", f'llava_o1_stage_duration_seconds_count{{strategy="{strategy}",stage="{s}"}}')
-              for s in STAGES],
+            *[
+                (f"stage-{s}", f'llava_o1_stage_duration_seconds_count{{strategy="{strategy}",stage="{s}"}}')
+                for s in STAGES
+            ],
         ]:
             counters[(strategy, name)] = sample
     text = metrics_text(server)
@@ -98,12 +108,21 @@ def test_prometheus_sees_exactly_the_requests_candidates_and_latencies(server, p
     headers = {"Authorization": f"Bearer {API_KEY}"}
     for strategy, beam, count in PLAN:
         for _ in range(count):
-            response = httpx.post(server["base"] + "/v1/chat/completions", headers=headers, timeout=120, json={
-                "model": MODEL, "messages": question(), "max_tokens": 40,
-                "reasoning": {"strategy": strategy, "beam_width": beam}})
+            response = httpx.post(
+                server["base"] + "/v1/chat/completions",
+                headers=headers,
+                timeout=120,
+                json={
+                    "model": MODEL,
+                    "messages": question(),
+                    "max_tokens": 40,
+                    "reasoning": {"strategy": strategy, "beam_width": beam},
+                },
+            )
             assert response.status_code == 200, response.text
 
     for strategy, beam, count in PLAN:
+
         def rose(name, by, strategy=strategy):
             expr = f"sum({counters[(strategy, name)]})"
             expected = before[(strategy, name)] + by
@@ -120,10 +139,18 @@ def test_prometheus_sees_exactly_the_requests_candidates_and_latencies(server, p
 
 def test_metrics_cover_engine_search_and_vllm(server):
     text = metrics_text(server)
-    for name in ("llava_o1_requests_in_flight", "llava_o1_requests_queued", "llava_o1_judge_matches_total",
-                 "llava_o1_tokens_total", "llava_o1_beam_width_bucket", "llava_o1_engine_running_requests",
-                 "llava_o1_engine_waiting_requests", "llava_o1_engine_kv_cache_usage_ratio",
-                 "llava_o1_engine_prefix_cache_hit_ratio", "llava_o1_gpu_count"):
+    for name in (
+        "llava_o1_requests_in_flight",
+        "llava_o1_requests_queued",
+        "llava_o1_judge_matches_total",
+        "llava_o1_tokens_total",
+        "llava_o1_beam_width_bucket",
+        "llava_o1_engine_running_requests",
+        "llava_o1_engine_waiting_requests",
+        "llava_o1_engine_kv_cache_usage_ratio",
+        "llava_o1_engine_prefix_cache_hit_ratio",
+        "llava_o1_gpu_count",
+    ):
         assert re.search(rf"^{name}[{{ ]", text, re.M), name
     assert exposed_value(text, "llava_o1_gpu_count") == 0  # no GPU here: count 0, no per-device series
     assert "llava_o1_gpu_utilization_ratio" not in text

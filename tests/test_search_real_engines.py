@@ -13,8 +13,11 @@ from stage_search.search import run_search, stream_search
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
-WELL_FORMED = re.compile(r"<SUMMARY>(.*)</SUMMARY>\n\n<CAPTION>(.*)</CAPTION>\n\n"
-                         r"<REASONING>(.*)</REASONING>\n\n<CONCLUSION>(.*)</CONCLUSION>", re.S)
+WELL_FORMED = re.compile(
+    r"<SUMMARY>(.*)</SUMMARY>\n\n<CAPTION>(.*)</CAPTION>\n\n"
+    r"<REASONING>(.*)</REASONING>\n\n<CONCLUSION>(.*)</CONCLUSION>",
+    re.S,
+)
 TAG = re.compile(r"</?(SUMMARY|CAPTION|REASONING|CONCLUSION)>")
 
 
@@ -51,16 +54,22 @@ async def test_stage_beam_4_has_four_stages_of_four_candidates_and_a_tournament_
 
 @pytest.mark.parametrize("strategy", ["sentence", "best_of_n", "none"])
 async def test_every_strategy_completes_on_the_real_engine(any_engine, strategy):
-    result = await run_search(any_engine, image_question("Which color is most frequent?"),
-                              config(strategy=strategy, beam_width=2, max_sentences_per_stage=2))
+    result = await run_search(
+        any_engine,
+        image_question("Which color is most frequent?"),
+        config(strategy=strategy, beam_width=2, max_sentences_per_stage=2),
+    )
     assert [s.name for s in result.stages] == STAGES
     assert WELL_FORMED.fullmatch(result.text), result.text
     assert_usage_matches_trace(result)
 
 
 async def test_generative_debiased_judge_on_the_real_engine(any_engine):
-    result = await run_search(any_engine, image_question("How many circles?"),
-                              config(beam_width=3, judge="generative", debias=True, judge_max_tokens=12))
+    result = await run_search(
+        any_engine,
+        image_question("How many circles?"),
+        config(beam_width=3, judge="generative", debias=True, judge_max_tokens=12),
+    )
     matches = [m for s in result.stages for m in s.matches]
     assert matches, "random candidates should differ"
     # Both orders were judged: two free-text verdicts per match.
@@ -78,8 +87,14 @@ async def test_streamed_stages_equal_the_result(any_engine):
 async def test_cancelled_search_leaves_no_engine_work(any_engine):
     import asyncio
 
-    task = asyncio.create_task(run_search(any_engine, image_question("Describe it."),
-                                          SearchConfig(beam_width=4, max_tokens_per_stage=2000), job_id="cancel-me"))
+    task = asyncio.create_task(
+        run_search(
+            any_engine,
+            image_question("Describe it."),
+            SearchConfig(beam_width=4, max_tokens_per_stage=2000),
+            job_id="cancel-me",
+        )
+    )
     for _ in range(200):
         if any_engine.num_unfinished_requests():
             break

@@ -19,8 +19,11 @@ from stage_search.stages import StageSet
 from stage_search.tournament import run_tournament
 
 QUESTION = [ChatMessage("user", "How many shapes?")]
-WELL_FORMED = re.compile(r"<SUMMARY>.*</SUMMARY>\n\n<CAPTION>.*</CAPTION>\n\n"
-                         r"<REASONING>.*</REASONING>\n\n<CONCLUSION>.*</CONCLUSION>", re.S)
+WELL_FORMED = re.compile(
+    r"<SUMMARY>.*</SUMMARY>\n\n<CAPTION>.*</CAPTION>\n\n"
+    r"<REASONING>.*</REASONING>\n\n<CONCLUSION>.*</CONCLUSION>",
+    re.S,
+)
 
 
 def shuffled_scores(n: int) -> list[int]:
@@ -98,14 +101,17 @@ async def test_debias_breaks_an_exact_tie_by_index_not_by_slot():
     assert (await judge.compare(context, b, a, 1))[0].index == 1
 
 
-@pytest.mark.parametrize("text,slot", [
-    ("Since response 2 covers the image, I choose response 2.", 1),
-    ("Response 1 restates; response 2 plans. I choose Response 1", 0),
-    ("I would choose response #2", 1),
-    ("Response 1 is clearly better than the other.", 0),
-    ("2", 1),
-    ("both are fine", None),
-])
+@pytest.mark.parametrize(
+    "text,slot",
+    [
+        ("Since response 2 covers the image, I choose response 2.", 1),
+        ("Response 1 restates; response 2 plans. I choose Response 1", 0),
+        ("I would choose response #2", 1),
+        ("Response 1 is clearly better than the other.", 0),
+        ("2", 1),
+        ("both are fine", None),
+    ],
+)
 def test_generative_verdicts_are_parsed(text, slot):
     assert parse_verdict(text) == slot
 
@@ -125,8 +131,7 @@ async def test_generative_judge_uses_the_verdict_and_falls_back_when_unparsable(
 
 async def test_search_closes_stages_the_model_never_closes():
     # Candidates that run into the next tag or hit the token limit are cut and closed.
-    engine = ScriptedEngine(lambda p, s: [" plan <CAPTION> leaked", " cand-2 </REASONING> x"],
-                            finish_reason="length")
+    engine = ScriptedEngine(lambda p, s: [" plan <CAPTION> leaked", " cand-2 </REASONING> x"], finish_reason="length")
     result = await run_search(engine, QUESTION, SearchConfig(beam_width=2, stage_prompt="never"))
     assert WELL_FORMED.fullmatch(result.text), result.text
     assert [s.name for s in result.stages] == ["SUMMARY", "CAPTION", "REASONING", "CONCLUSION"]
@@ -145,15 +150,22 @@ async def test_each_stage_is_opened_by_the_search_after_the_accepted_ones():
 
 async def test_custom_tag_names():
     engine = ScriptedEngine(lambda p, s: ["x"] * s.n)
-    config = SearchConfig(beam_width=2, stage_prompt="never", stages=StageSet.from_names(["PLAN", "SEE", "THINK", "ANSWER"]))
+    config = SearchConfig(
+        beam_width=2, stage_prompt="never", stages=StageSet.from_names(["PLAN", "SEE", "THINK", "ANSWER"])
+    )
     result = await run_search(engine, QUESTION, config)
     assert result.text == "<PLAN>x</PLAN>\n\n<SEE>x</SEE>\n\n<THINK>x</THINK>\n\n<ANSWER>x</ANSWER>"
 
 
-@pytest.mark.parametrize("mode,model,expected", [
-    ("auto", "scripted", True), ("auto", "Xkev/Llama-3.2V-11B-cot", False),
-    ("always", "Xkev/Llama-3.2V-11B-cot", True), ("never", "scripted", False),
-])
+@pytest.mark.parametrize(
+    "mode,model,expected",
+    [
+        ("auto", "scripted", True),
+        ("auto", "Xkev/Llama-3.2V-11B-cot", False),
+        ("always", "Xkev/Llama-3.2V-11B-cot", True),
+        ("never", "scripted", False),
+    ],
+)
 async def test_stage_instruction_is_added_unless_the_model_is_stage_trained(mode, model, expected):
     engine = ScriptedEngine(lambda p, s: ["x"] * s.n)
     engine.model_name = model
@@ -164,8 +176,9 @@ async def test_stage_instruction_is_added_unless_the_model_is_stage_trained(mode
 @pytest.mark.parametrize("strategy", ["stage", "sentence", "best_of_n", "none"])
 async def test_every_strategy_keeps_the_four_stage_shape(strategy):
     engine = ScriptedEngine(lambda p, s: [f" step cand-{i}" for i in range(s.n)])
-    result = await run_search(engine, QUESTION, SearchConfig(strategy=strategy, beam_width=3, stage_prompt="never",
-                                                              max_sentences_per_stage=2))
+    result = await run_search(
+        engine, QUESTION, SearchConfig(strategy=strategy, beam_width=3, stage_prompt="never", max_sentences_per_stage=2)
+    )
     assert WELL_FORMED.fullmatch(result.text), result.text
     assert result.strategy == strategy
 
@@ -181,8 +194,9 @@ async def test_events_arrive_in_order_and_end_with_the_result():
     engine = ScriptedEngine(lambda p, s: [f"cand-{i}" for i in range(s.n)])
     events = [e async for e in stream_search(engine, QUESTION, SearchConfig(beam_width=2, stage_prompt="never"))]
     kinds = [(type(e).__name__, getattr(e, "stage", None)) for e in events]
-    assert kinds == [(k, s) for s in ("SUMMARY", "CAPTION", "REASONING", "CONCLUSION")
-                     for k in ("StageStarted", "StageDecided")] + [("SearchFinished", None)]
+    assert kinds == [
+        (k, s) for s in ("SUMMARY", "CAPTION", "REASONING", "CONCLUSION") for k in ("StageStarted", "StageDecided")
+    ] + [("SearchFinished", None)]
     decided = [e.text for e in events if isinstance(e, StageDecided)]
     assert decided == [s.text for s in events[-1].result.stages]
 
@@ -206,22 +220,36 @@ async def test_token_budget_is_shared_by_the_stages():
         return ["a b c d e f g h i"] * settings.n  # 10 tokens each in the scripted count
 
     engine = ScriptedEngine(texts)
-    await run_search(engine, QUESTION, SearchConfig(beam_width=1, stage_prompt="never",
-                                                    max_tokens_per_stage=16, max_tokens=30))
+    await run_search(
+        engine, QUESTION, SearchConfig(beam_width=1, stage_prompt="never", max_tokens_per_stage=16, max_tokens=30)
+    )
     assert seen == [16, 16, 9, 1]
 
 
 def test_config_rejects_bad_values():
-    for bad in ({"strategy": "mcts"}, {"beam_width": 0}, {"judge": "vote"}, {"stage_prompt": "sometimes"},
-                {"top_p": 0.0}, {"max_tokens": 2}):
+    for bad in (
+        {"strategy": "mcts"},
+        {"beam_width": 0},
+        {"judge": "vote"},
+        {"stage_prompt": "sometimes"},
+        {"top_p": 0.0},
+        {"max_tokens": 2},
+    ):
         with pytest.raises(ValueError):
             SearchConfig(**bad)
 
 
-@pytest.mark.parametrize("text,settled", [
-    ("plain words", 11), ("ends with <", 10), ("ends with </CAP", 10), ("cut <CAPTION> here", 4),
-    ("a < b", 5), ("x</", 1),
-])
+@pytest.mark.parametrize(
+    "text,settled",
+    [
+        ("plain words", 11),
+        ("ends with <", 10),
+        ("ends with </CAP", 10),
+        ("cut <CAPTION> here", 4),
+        ("a < b", 5),
+        ("x</", 1),
+    ],
+)
 def test_settled_length_holds_back_what_could_become_a_tag(text, settled):
     assert StageSet.from_names().settled_length(text) == settled
 

@@ -38,8 +38,9 @@ def test_without_the_workaround_the_same_load_kills_the_engine(tiny_model_dir):
     # If this starts passing load (vLLM fixed upstream), the workaround can go.
     env = {**os.environ, SWITCH: "0"}
     script = Path(__file__).with_name("seed_bug_repro.py")
-    done = subprocess.run([sys.executable, str(script), str(tiny_model_dir)], env=env,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, str(script), str(tiny_model_dir)], env=env, capture_output=True, text=True, timeout=300
+    )
     match = re.search(r"RESULT failed=(\d+) total=(\d+) healthy=(\w+)", done.stdout)
     assert match, done.stdout[-2000:] + done.stderr[-4000:]
     failed, total, healthy = int(match[1]), int(match[2]), match[3]

@@ -15,15 +15,25 @@ from PIL import Image
 
 from training.synthetic_data import COLORS, KINDS, SHAPES
 
-STAGED = re.compile(r"<SUMMARY>(.+)</SUMMARY>\n\n<CAPTION>(.+)</CAPTION>\n\n<REASONING>(.+)</REASONING>\n\n"
-                    r"<CONCLUSION>(.+)</CONCLUSION>", re.S)
+STAGED = re.compile(
+    r"<SUMMARY>(.+)</SUMMARY>\n\n<CAPTION>(.+)</CAPTION>\n\n<REASONING>(.+)</REASONING>\n\n"
+    r"<CONCLUSION>(.+)</CONCLUSION>",
+    re.S,
+)
 
 
 def synth(cli_env, out: Path, n: int, seed: int) -> list[dict]:
-    done = subprocess.run(["llava-o1", "synth-data", "--out", str(out), "--n", str(n), "--seed", str(seed)],
-                          env=cli_env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        ["llava-o1", "synth-data", "--out", str(out), "--n", str(n), "--seed", str(seed)],
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
-    return [json.loads(line) for split in ("train", "test") for line in (out / f"{split}.jsonl").read_text().splitlines()]
+    return [
+        json.loads(line) for split in ("train", "test") for line in (out / f"{split}.jsonl").read_text().splitlines()
+    ]
 
 
 def digest(folder: Path) -> str:

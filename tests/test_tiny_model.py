@@ -29,8 +29,9 @@ def test_transformers_loads_and_generates_with_an_image(tiny_model_dir):
     text = processor.apply_chat_template(messages, add_generation_prompt=True)
     inputs = processor(text=[text], images=[[shapes_image()]], return_tensors="pt")
     torch.manual_seed(0)
-    out = model.generate(**inputs, max_new_tokens=6, do_sample=True, num_return_sequences=3,
-                         pad_token_id=model.config.pad_token_id)
+    out = model.generate(
+        **inputs, max_new_tokens=6, do_sample=True, num_return_sequences=3, pad_token_id=model.config.pad_token_id
+    )
     assert out.shape == (3, inputs["input_ids"].shape[1] + 6) or out.shape[0] == 3
 
 

@@ -13,9 +13,13 @@ def tiny_model(argv: Sequence[str]) -> int:
         description="Build a tiny random-weight vision-language model (deterministic) into OUT_DIR.",
     )
     parser.add_argument("out_dir", metavar="OUT_DIR", help="folder to write the model to")
-    parser.add_argument("--arch", choices=("idefics3", "mllama"), default="idefics3",
-                        help="idefics3 (the embedded model; runs on vLLM) or mllama (Llama-3.2-Vision's "
-                             "architecture; runs on the hf engine)")
+    parser.add_argument(
+        "--arch",
+        choices=("idefics3", "mllama"),
+        default="idefics3",
+        help="idefics3 (the embedded model; runs on vLLM) or mllama (Llama-3.2-Vision's "
+        "architecture; runs on the hf engine)",
+    )
     args = parser.parse_args(argv)
     if args.arch == "mllama":
         from training.tiny_mllama import build_tiny_mllama as build
@@ -30,7 +34,7 @@ def synth_data(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="llava-o1 synth-data",
         description="Render shape scenes and write questions with four-stage answers: OUT/images/*.png, "
-                    "OUT/train.jsonl and OUT/test.jsonl (LLaVA-o1-100k record format). Deterministic per seed.",
+        "OUT/train.jsonl and OUT/test.jsonl (LLaVA-o1-100k record format). Deterministic per seed.",
     )
     parser.add_argument("--out", required=True, help="folder to write to")
     parser.add_argument("--n", type=int, default=1000, help="number of records (default 1000)")
@@ -50,7 +54,7 @@ def train_model(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="llava-o1 train",
         description="Supervised fine-tuning on LLaVA-o1-100k-format records, loss on the assistant's tokens only. "
-                    "Writes the model to OUT, checkpoints to OUT/checkpoint-STEP.",
+        "Writes the model to OUT, checkpoints to OUT/checkpoint-STEP.",
     )
     parser.add_argument("--model", help="model folder to start from (default: the embedded tiny model)")
     parser.add_argument("--data", required=True, help="a .jsonl file of records (e.g. from synth-data)")
@@ -68,11 +72,22 @@ def train_model(argv: Sequence[str]) -> int:
     from training.tiny_model import ensure_default_model
     from training.train import train
 
-    summary = train(args.model or str(ensure_default_model()), args.data, args.out, steps=args.steps,
-                    max_minutes=args.max_minutes, batch_size=args.batch_size, lr=args.lr,
-                    save_every=args.save_every, resume=args.resume, seed=args.seed)
-    print(f"trained to step {summary['steps']}: loss {summary['first_loss']:.3f} -> {summary['last_loss']:.3f}; "
-          f"model written to {args.out}")
+    summary = train(
+        args.model or str(ensure_default_model()),
+        args.data,
+        args.out,
+        steps=args.steps,
+        max_minutes=args.max_minutes,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        save_every=args.save_every,
+        resume=args.resume,
+        seed=args.seed,
+    )
+    print(
+        f"trained to step {summary['steps']}: loss {summary['first_loss']:.3f} -> {summary['last_loss']:.3f}; "
+        f"model written to {args.out}"
+    )
     return 0
 
 
@@ -80,16 +95,22 @@ def demo_model(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="llava-o1 demo-model",
         description="Rebuild the demo model: synthetic shape questions from a fixed seed, a random tiny base, "
-                    "then training in five phases (about 60 minutes on 2 CPU cores).",
+        "then training in five phases (about 60 minutes on 2 CPU cores).",
     )
     from models.demo_weights import DEMO_DIR
     from training.demo_recipe import build_demo_model
 
     parser.add_argument("--out", default=str(DEMO_DIR), help=f"where to write it (default: {DEMO_DIR})")
-    parser.add_argument("--steps-per-phase", type=int, default=100_000,
-                        help="step cap per phase; each phase otherwise ends on its time budget")
+    parser.add_argument(
+        "--steps-per-phase",
+        type=int,
+        default=100_000,
+        help="step cap per phase; each phase otherwise ends on its time budget",
+    )
     args = parser.parse_args(argv)
     summary = build_demo_model(args.out, steps_per_phase=args.steps_per_phase)
     last = summary["phases"][-1]
-    print(f"demo model written to {args.out}: loss {last['first_loss']:.3f} -> {last['last_loss']:.3f} in its last phase")
+    print(
+        f"demo model written to {args.out}: loss {last['first_loss']:.3f} -> {last['last_loss']:.3f} in its last phase"
+    )
     return 0

@@ -43,12 +43,18 @@ class Phase:
 # The format and rough counts at a high learning rate, the counts at lower ones; then two phases on
 # fresh pictures (new seeds, five times as many each): by phase 3 the 4000 pictures are learnt by
 # heart, and unseen pictures are what generalises (accuracy after each phase: docs/benchmarks.md).
-PHASES = (Phase(2e-3, 11.0), Phase(7e-4, 11.0), Phase(3e-4, 10.0),
-          Phase(3e-4, 12.0, data_seed=100, records=20000), Phase(1.5e-4, 12.0, data_seed=200, records=20000))
+PHASES = (
+    Phase(2e-3, 11.0),
+    Phase(7e-4, 11.0),
+    Phase(3e-4, 10.0),
+    Phase(3e-4, 12.0, data_seed=100, records=20000),
+    Phase(1.5e-4, 12.0, data_seed=200, records=20000),
+)
 
 
-def build_demo_model(out: str | Path, *, steps_per_phase: int = 100_000, phases: tuple[Phase, ...] = PHASES,
-                     batch_size: int = 32) -> dict:
+def build_demo_model(
+    out: str | Path, *, steps_per_phase: int = 100_000, phases: tuple[Phase, ...] = PHASES, batch_size: int = 32
+) -> dict:
     """Synthetic data, a fresh base, training in phases; the model (no checkpoints) ends up in `out`."""
     from training.synthetic_data import write_dataset
     from training.train import train
@@ -64,16 +70,36 @@ def build_demo_model(out: str | Path, *, steps_per_phase: int = 100_000, phases:
             if not data.exists():
                 write_dataset(data, phase.records, phase.data_seed, test_fraction=0.0)
             trained = work / f"phase-{index + 1}"
-            runs.append(train(str(model), str(data / "train.jsonl"), str(trained), steps=steps_per_phase,
-                              max_minutes=phase.minutes, batch_size=batch_size, lr=phase.lr, save_every=0))
+            runs.append(
+                train(
+                    str(model),
+                    str(data / "train.jsonl"),
+                    str(trained),
+                    steps=steps_per_phase,
+                    max_minutes=phase.minutes,
+                    batch_size=batch_size,
+                    lr=phase.lr,
+                    save_every=0,
+                )
+            )
             model = trained
         if out.exists():
             shutil.rmtree(out)
         shutil.copytree(model, out)
-    summary = {"phases": [{"lr": p.lr, "minutes": p.minutes, "steps": r["steps"],
-                           "data": f"llava-o1 synth-data --n {p.records} --seed {p.data_seed} --test-fraction 0",
-                           "first_loss": r["first_loss"], "last_loss": r["last_loss"]}
-                          for p, r in zip(phases, runs, strict=True)],
-               "batch_size": batch_size, "from": "random weights (training.demo_recipe.DEMO_SHAPE)"}
+    summary = {
+        "phases": [
+            {
+                "lr": p.lr,
+                "minutes": p.minutes,
+                "steps": r["steps"],
+                "data": f"llava-o1 synth-data --n {p.records} --seed {p.data_seed} --test-fraction 0",
+                "first_loss": r["first_loss"],
+                "last_loss": r["last_loss"],
+            }
+            for p, r in zip(phases, runs, strict=True)
+        ],
+        "batch_size": batch_size,
+        "from": "random weights (training.demo_recipe.DEMO_SHAPE)",
+    }
     (out / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

@@ -18,8 +18,13 @@ from pathlib import Path
 
 from stage_search.stages import StageSet
 
-COLORS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (230, 200, 30),
-          "purple": (140, 50, 170)}
+COLORS = {
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 80, 220),
+    "yellow": (230, 200, 30),
+    "purple": (140, 50, 170),
+}
 SHAPES = ("circle", "square", "triangle")
 KINDS = ("count_color", "count_shape", "compare", "most_color")
 IMAGE_SIZE = 112
@@ -59,8 +64,10 @@ def render(scene: list[Shape]):
         elif s.shape == "square":
             draw.rectangle(box, fill=COLORS[s.color])
         else:
-            draw.polygon([(s.x, s.y - s.radius), (s.x - s.radius, s.y + s.radius), (s.x + s.radius, s.y + s.radius)],
-                         fill=COLORS[s.color])
+            draw.polygon(
+                [(s.x, s.y - s.radius), (s.x - s.radius, s.y + s.radius), (s.x + s.radius, s.y + s.radius)],
+                fill=COLORS[s.color],
+            )
     return image
 
 
@@ -83,35 +90,58 @@ def make_question(scene: list[Shape], kind: str, rng: random.Random) -> tuple[st
         # Mostly colors that are there: "0" would otherwise be the most common answer.
         color = rng.choice(sorted(colors) if rng.random() < 0.8 else list(COLORS))
         n = colors[color]
-        return (f"How many {color} shapes are in the image?",
-                f"I will find the {color} shapes in the image and count them.",
-                f"Counting the {color} shapes gives {n}.", str(n), kind)
+        return (
+            f"How many {color} shapes are in the image?",
+            f"I will find the {color} shapes in the image and count them.",
+            f"Counting the {color} shapes gives {n}.",
+            str(n),
+            kind,
+        )
     if kind == "count_shape":
         shape = rng.choice(sorted(shapes) if rng.random() < 0.8 else SHAPES)
         n = shapes[shape]
-        return (f"How many {shape}s are in the image?",
-                f"I will find the {shape}s in the image, whatever their color, and count them.",
-                f"Counting the {shape}s gives {n}.", str(n), kind)
+        return (
+            f"How many {shape}s are in the image?",
+            f"I will find the {shape}s in the image, whatever their color, and count them.",
+            f"Counting the {shape}s gives {n}.",
+            str(n),
+            kind,
+        )
     if kind == "compare":
         a, b = rng.sample(list(COLORS), 2)
         na, nb = colors[a], colors[b]
         answer = a if na > nb else b if nb > na else "same"
-        verdict = (f"{na} is more than {nb}, so there are more {a} shapes" if na > nb else
-                   f"{nb} is more than {na}, so there are more {b} shapes" if nb > na else
-                   f"both counts are {na}, so the numbers are the same")
-        return (f"Are there more {a} shapes or more {b} shapes? Answer {a}, {b} or same.",
-                f"I will count the {a} shapes and the {b} shapes and compare the two counts.",
-                f"There are {na} {a} and {nb} {b} shapes; {verdict}.", answer, kind)
+        verdict = (
+            f"{na} is more than {nb}, so there are more {a} shapes"
+            if na > nb
+            else f"{nb} is more than {na}, so there are more {b} shapes"
+            if nb > na
+            else f"both counts are {na}, so the numbers are the same"
+        )
+        return (
+            f"Are there more {a} shapes or more {b} shapes? Answer {a}, {b} or same.",
+            f"I will count the {a} shapes and the {b} shapes and compare the two counts.",
+            f"There are {na} {a} and {nb} {b} shapes; {verdict}.",
+            answer,
+            kind,
+        )
     top = max(colors.values())
     leaders = sorted(c for c, n in colors.items() if n == top)
     counts = ", ".join(f"{n} {c}" for c, n in sorted(colors.items()))
     if len(leaders) == 1:
         reasoning = f"The counts by color are {counts}; {leaders[0]} has the most with {top}."
     else:
-        reasoning = f"The counts by color are {counts}; {' and '.join(leaders)} tie with {top}, so {leaders[0]} is one of the most frequent."
-    return ("Which color is the most frequent in the image?",
-            "I will count the shapes of each color and pick the color with the highest count.",
-            reasoning, leaders[0], kind)
+        reasoning = (
+            f"The counts by color are {counts}; {' and '.join(leaders)} tie with {top}, "
+            f"so {leaders[0]} is one of the most frequent."
+        )
+    return (
+        "Which color is the most frequent in the image?",
+        "I will count the shapes of each color and pick the color with the highest count.",
+        reasoning,
+        leaders[0],
+        kind,
+    )
 
 
 def as_multiple_choice(question: str, answer: str, kind: str, rng: random.Random) -> tuple[str, str, list[str]]:
@@ -135,10 +165,16 @@ def make_record(index: int, image_name: str, scene: list[Shape], rng: random.Ran
     if rng.random() < 0.4:
         question, answer, options = as_multiple_choice(question, answer, kind, rng)
     conclusion = answer if options else f"The answer is {answer}."
-    value = stages.render(dict(zip((s.name for s in stages.stages), (summary, describe(scene), reasoning, conclusion),
-                                    strict=True)))
-    record = {"id": f"shapes-{index:06d}", "image": image_name, "kind": kind, "answer": answer,
-              "conversations": [{"from": "human", "value": f"<image>\n{question}"}, {"from": "gpt", "value": value}]}
+    value = stages.render(
+        dict(zip((s.name for s in stages.stages), (summary, describe(scene), reasoning, conclusion), strict=True))
+    )
+    record = {
+        "id": f"shapes-{index:06d}",
+        "image": image_name,
+        "kind": kind,
+        "answer": answer,
+        "conversations": [{"from": "human", "value": f"<image>\n{question}"}, {"from": "gpt", "value": value}],
+    }
     if options:
         record["options"] = options
     return record

@@ -96,10 +96,12 @@ def build_tiny_mllama(out_dir: str | os.PathLike) -> Path:
     torch.manual_seed(SEED)
     model = MllamaForConditionalGeneration(config).float().eval()
     text = config.text_config
-    model.generation_config = GenerationConfig(bos_token_id=text.bos_token_id, eos_token_id=text.eos_token_id,
-                                               pad_token_id=text.pad_token_id)
+    model.generation_config = GenerationConfig(
+        bos_token_id=text.bos_token_id, eos_token_id=text.eos_token_id, pad_token_id=text.pad_token_id
+    )
     model.save_pretrained(out)
     build_processor(tokenizer).save_pretrained(out)
-    (out / "llava_o1.json").write_text(json.dumps({"builder": "tiny-mllama", "version": BUILDER_VERSION,
-                                                   "seed": SEED}, indent=2) + "\n")
+    (out / "llava_o1.json").write_text(
+        json.dumps({"builder": "tiny-mllama", "version": BUILDER_VERSION, "seed": SEED}, indent=2) + "\n"
+    )
     return out

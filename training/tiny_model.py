@@ -76,8 +76,8 @@ _CORPUS = [
     "and accurately, without general commentary; its logic and calculations are correct and follow from",
     "the description of the image; it states the final answer directly, consistent with the reasoning,",
     "and does not refuse to answer. Compare two candidate sections continuing the answer above.",
-    "Say which is better: answer 1 or 2, or explain and end with \"I choose response 1\" or",
-    "\"I choose response 2\". The better response is answers reasons correctly from ends in",
+    'Say which is better: answer 1 or 2, or explain and end with "I choose response 1" or',
+    '"I choose response 2". The better response is answers reasons correctly from ends in',
 ]
 
 
@@ -96,9 +96,16 @@ class TinyShape:
         return (self.image_size // PATCH_SIZE) ** 2 // SCALE_FACTOR**2
 
 
-def build_tokenizer(special_tokens: list[str] | None = None, chat_template: str = CHAT_TEMPLATE, *,
-                    bos: str = BOS, eos: str = EOS, pad: str = PAD, image: str = IMAGE,
-                    extra_corpus: tuple[str, ...] = ()):
+def build_tokenizer(
+    special_tokens: list[str] | None = None,
+    chat_template: str = CHAT_TEMPLATE,
+    *,
+    bos: str = BOS,
+    eos: str = EOS,
+    pad: str = PAD,
+    image: str = IMAGE,
+    extra_corpus: tuple[str, ...] = (),
+):
     """Train a byte-level BPE tokenizer on the built-in corpus and wrap it for transformers."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast

@@ -71,8 +71,9 @@ class Collator:
         prompts = [self.conversation(e, False) for e in examples]
         kwargs = {"images": images} if images else {}
         batch = self.processor(text=full, padding=True, return_tensors="pt", add_special_tokens=False, **kwargs)
-        prompt_ids = self.processor(text=prompts, padding=True, return_tensors="pt", add_special_tokens=False,
-                                    **kwargs)["input_ids"]
+        prompt_ids = self.processor(
+            text=prompts, padding=True, return_tensors="pt", add_special_tokens=False, **kwargs
+        )["input_ids"]
         labels = batch["input_ids"].clone()
         labels[batch["attention_mask"] == 0] = -100
         for row in range(len(examples)):
@@ -83,9 +84,20 @@ class Collator:
         return dict(batch)
 
 
-def train(model_dir: str, data: str, out: str, *, steps: int | None = None, max_minutes: float | None = None,
-          batch_size: int = 16, lr: float = 2e-3, save_every: int = 100, resume: bool = False, seed: int = 0,
-          progress: bool = True) -> dict:
+def train(
+    model_dir: str,
+    data: str,
+    out: str,
+    *,
+    steps: int | None = None,
+    max_minutes: float | None = None,
+    batch_size: int = 16,
+    lr: float = 2e-3,
+    save_every: int = 100,
+    resume: bool = False,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict:
     """Fine-tune `model_dir` on `data`; returns {"steps", "first_loss", "last_loss", "seconds"}."""
     import torch
     from tqdm import tqdm
@@ -131,14 +143,26 @@ def train(model_dir: str, data: str, out: str, *, steps: int | None = None, max_
     model.eval()
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
-    summary = {"steps": step, "first_loss": first_loss, "last_loss": last_loss,
-               "seconds": round(time.monotonic() - started, 1), "data": str(data), "from": str(model_dir)}
+    summary = {
+        "steps": step,
+        "first_loss": first_loss,
+        "last_loss": last_loss,
+        "seconds": round(time.monotonic() - started, 1),
+        "data": str(data),
+        "from": str(model_dir),
+    }
     (out_dir / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 
-def save_checkpoint(model: PreTrainedModel, processor: ProcessorMixin, optimizer: torch.optim.Optimizer,
-                    out_dir: Path, step: int, keep: int = 2) -> Path:
+def save_checkpoint(
+    model: PreTrainedModel,
+    processor: ProcessorMixin,
+    optimizer: torch.optim.Optimizer,
+    out_dir: Path,
+    step: int,
+    keep: int = 2,
+) -> Path:
     import torch
 
     path = out_dir / f"{CHECKPOINT_PREFIX}{step}"
