@@ -10,34 +10,42 @@ from __future__ import annotations
 import importlib
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 
-# name -> (module, function taking argv and returning an exit code, one-line summary)
-COMMANDS: dict[str, tuple[str, str, str]] = {
-    "serve": ("server.serve", "serve", "start the inference server (engine flags as in `vllm serve`)"),
-    "ask": ("server.ask", "ask", "answer one question about an image, without a server"),
-    "bench": (
-        "bench.benchmark",
-        "main",
-        "measure throughput and latency against the published procedure and the engine",
+
+@dataclass(frozen=True)
+class Command:
+    module: str
+    function: str  # takes the command's argv, returns its exit code
+    summary: str
+
+
+COMMANDS: dict[str, Command] = {
+    "serve": Command("server.serve", "serve", "start the inference server (engine flags as in `vllm serve`)"),
+    "ask": Command("server.ask", "ask", "answer one question about an image, without a server"),
+    "bench": Command(
+        "bench.benchmark", "main", "measure throughput and latency against the published procedure and the engine"
     ),
-    "eval": ("bench.evaluate", "main", "score a search strategy on records with known answers"),
-    "tiny-model": ("training.commands", "tiny_model", "build the embedded tiny vision-language model into a folder"),
-    "synth-data": (
+    "eval": Command("bench.evaluate", "main", "score a search strategy on records with known answers"),
+    "tiny-model": Command(
+        "training.commands", "tiny_model", "build the embedded tiny vision-language model into a folder"
+    ),
+    "synth-data": Command(
         "training.commands",
         "synth_data",
         "write synthetic shape questions with four-stage answers (LLaVA-o1-100k format)",
     ),
-    "train": ("training.commands", "train_model", "fine-tune a model on such records (loss on the answers only)"),
-    "demo-model": (
-        "training.commands",
-        "demo_model",
-        "rebuild the demo model from scratch (synthetic data, then training)",
+    "train": Command(
+        "training.commands", "train_model", "fine-tune a model on such records (loss on the answers only)"
+    ),
+    "demo-model": Command(
+        "training.commands", "demo_model", "rebuild the demo model from scratch (synthetic data, then training)"
     ),
 }
 
 USAGE = (
     "usage: llava-o1 COMMAND [options]\n\ncommands:\n"
-    + "".join(f"  {name:<12} {summary}\n" for name, (_, _, summary) in COMMANDS.items())
+    + "".join(f"  {name:<12} {command.summary}\n" for name, command in COMMANDS.items())
     + "\n`llava-o1 COMMAND --help` describes a command's options.\n"
 )
 
@@ -50,9 +58,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[0] not in COMMANDS:
         print(f"llava-o1: unknown command {argv[0]!r}\n\n{USAGE}", end="", file=sys.stderr)
         return 2
-    module, function, _ = COMMANDS[argv[0]]
-    command = getattr(importlib.import_module(module), function)
-    return int(command(argv[1:]))
+    command = COMMANDS[argv[0]]
+    run = getattr(importlib.import_module(command.module), command.function)
+    return int(run(argv[1:]))
 
 
 if __name__ == "__main__":

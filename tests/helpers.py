@@ -72,7 +72,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def run_cli(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_cli(env: dict[str, str], *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     """`llava-o1 ARGS` as a user runs it; fails the test unless it exits 0."""
     done = subprocess.run(["llava-o1", *args], env=env, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -15,41 +15,11 @@ def trained(cli_env, tiny_model_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("train")
     run_cli(cli_env, "synth-data", "--out", str(root / "data"), "--n", "120", "--seed", "11")
     out = root / "model"
-    run_cli(
-        cli_env,
-        "train",
-        "--model",
-        str(tiny_model_dir),
-        "--data",
-        str(root / "data" / "train.jsonl"),
-        "--out",
-        str(out),
-        "--steps",
-        "20",
-        "--batch-size",
-        "8",
-        "--save-every",
-        "10",
-    )
+    train = ["train", "--model", str(tiny_model_dir), "--data", str(root / "data" / "train.jsonl"), "--out", str(out)]
+    run_cli(cli_env, *train, "--batch-size", "8", "--save-every", "10", "--steps", "20")
     first = json.loads((out / "training.json").read_text())
     # Resume: goes on from checkpoint-20 to step 30 (the step budget counts across runs).
-    run_cli(
-        cli_env,
-        "train",
-        "--model",
-        str(tiny_model_dir),
-        "--data",
-        str(root / "data" / "train.jsonl"),
-        "--out",
-        str(out),
-        "--steps",
-        "30",
-        "--batch-size",
-        "8",
-        "--save-every",
-        "10",
-        "--resume",
-    )
+    run_cli(cli_env, *train, "--batch-size", "8", "--save-every", "10", "--steps", "30", "--resume")
     return out, first, json.loads((out / "training.json").read_text())
 
 

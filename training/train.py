@@ -133,7 +133,7 @@ def train(
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         step += 1
-        last_loss = float(loss)
+        last_loss = loss.item()
         first_loss = last_loss if first_loss is None else first_loss
         bar.update(1)
         bar.set_postfix(loss=f"{last_loss:.3f}")
