@@ -327,6 +327,7 @@ class HfEngine(Engine):
         self._deliver(group, group.result(), None)
 
     def _deliver(self, group: Group, result: Generation | None, error: BaseException | None) -> None:
+        assert group.call is not None  # set when the call's start made the group
         self._settle_call(group.call, result, error)
 
     def _settle_call(self, call: _Call, result: Result | None, error: BaseException | None) -> None:

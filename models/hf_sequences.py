@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from models.engine import Candidate, FinishReason, Generation, Prompt, SamplingSettings
 
 if TYPE_CHECKING:
     import torch
     from transformers import DynamicCache, PreTrainedTokenizerBase
+
+    from models.hf_engine import _Call
 
 
 class IncrementalText:
@@ -69,7 +71,7 @@ class Group:
         self.length = len(prompt_ids)  # tokens whose keys and values the cache holds
         # Mllama: every new token attends to the image as the prompt's last token did.
         self.cross_mask = None if cross_mask is None else cross_mask[:, -1:].expand(n, 1, *cross_mask.shape[2:])
-        self.call: Any = None  # the engine's record of the caller (hf_engine._Call), for delivering the result
+        self.call: _Call | None = None  # the engine's record of the caller, for delivering the result
         self.signature: tuple = ()  # which groups it can share a batch with (models/hf_batch.py)
         self.rows = [IncrementalText(tokenizer) for _ in range(n)]
         self.finish: list[FinishReason | None] = [None] * n
