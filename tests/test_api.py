@@ -165,6 +165,7 @@ def bomb_url() -> str:
     return data_url(Image.new("L", (4000, 4000)))  # 16M pixels, a few KB of PNG
 
 
+FIRST_IMAGE = "messages[0].content[0].image_url"  # the param named when the first image is refused
 ERROR_CASES = {
     "malformed_json": (dict(content=b'{"model": "llava-o1-tiny", "messages": [}'), 400, None),
     "wrong_model": (dict(json=body(model="gpt-4o")), 404, "model"),
@@ -180,7 +181,7 @@ ERROR_CASES = {
     "invalid_base64": (
         dict(json=body(messages=question("q", "data:image/png;base64,@@notbase64@@"))),
         400,
-        "messages[0].content[0].image_url",
+        FIRST_IMAGE,
     ),
     "not_an_image": (
         dict(
@@ -189,9 +190,9 @@ ERROR_CASES = {
             )
         ),
         400,
-        "messages[0].content[0].image_url",
+        FIRST_IMAGE,
     ),
-    "pixel_bomb": (dict(json=body(messages=question("q", "BOMB"))), 400, "messages[0].content[0].image_url"),
+    "pixel_bomb": (dict(json=body(messages=question("q", "BOMB"))), 400, FIRST_IMAGE),
     "too_many_images": (dict(json=body(messages=question("q", data_url(), data_url(), data_url()))), 400, "messages"),
     "body_too_large": (dict(content=b'{"model": "' + b"x" * 2_100_000 + b'"}'), 413, None),
     "prompt_too_long": (dict(json=body(messages=question("word " * 5000))), 400, "messages"),
@@ -202,36 +203,12 @@ ERROR_CASES = {
     "n_above_one": (dict(json=body(n=2)), 400, "n"),
     "max_tokens_below_stages": (dict(json=body(max_tokens=2)), 400, "max_tokens"),
     "bad_temperature": (dict(json=body(temperature=5)), 400, "temperature"),
-    "remote_loopback": (
-        dict(json=body(messages=question("q", "http://127.0.0.1:9/x.png"))),
-        400,
-        "messages[0].content[0].image_url",
-    ),
-    "remote_localhost_name": (
-        dict(json=body(messages=question("q", "http://localhost:1/x.png"))),
-        400,
-        "messages[0].content[0].image_url",
-    ),
-    "remote_link_local": (
-        dict(json=body(messages=question("q", "http://169.254.169.254/latest"))),
-        400,
-        "messages[0].content[0].image_url",
-    ),
-    "remote_too_large": (
-        dict(json=body(messages=question("q", "http://IMAGE_HOST/big.png"))),
-        400,
-        "messages[0].content[0].image_url",
-    ),
-    "remote_too_slow": (
-        dict(json=body(messages=question("q", "http://IMAGE_HOST/slow.png"))),
-        400,
-        "messages[0].content[0].image_url",
-    ),
-    "bad_url_scheme": (
-        dict(json=body(messages=question("q", "file:///etc/passwd"))),
-        400,
-        "messages[0].content[0].image_url",
-    ),
+    "remote_loopback": (dict(json=body(messages=question("q", "http://127.0.0.1:9/x.png"))), 400, FIRST_IMAGE),
+    "remote_localhost_name": (dict(json=body(messages=question("q", "http://localhost:1/x.png"))), 400, FIRST_IMAGE),
+    "remote_link_local": (dict(json=body(messages=question("q", "http://169.254.169.254/latest"))), 400, FIRST_IMAGE),
+    "remote_too_large": (dict(json=body(messages=question("q", "http://IMAGE_HOST/big.png"))), 400, FIRST_IMAGE),
+    "remote_too_slow": (dict(json=body(messages=question("q", "http://IMAGE_HOST/slow.png"))), 400, FIRST_IMAGE),
+    "bad_url_scheme": (dict(json=body(messages=question("q", "file:///etc/passwd"))), 400, FIRST_IMAGE),
 }
 
 
