@@ -43,7 +43,7 @@ from models.hf_batch import Batch, signature
 from models.hf_prefix_cache import PrefixCache
 from models.hf_sequences import Group
 from models.image_digest import image_digest
-from models.option_tokens import OptionTokens
+from models.option_tokens import OptionSpellings, OptionTokens
 
 if TYPE_CHECKING:
     import torch
@@ -155,8 +155,8 @@ class HfEngine(Engine):
         return result
 
     async def choose(self, prompt: Prompt, options: Sequence[str], *, job_id: str, priority: int = 0) -> ChoiceResult:
-        token_ids = self._options.ids_of(options)
-        result = await self._submit(job_id, priority, lambda: self._choose(prompt, list(options), token_ids), None)
+        spellings = self._options.spellings_of(options)
+        result = await self._submit(job_id, priority, lambda: self._choose(prompt, list(options), spellings), None)
         assert isinstance(result, ChoiceResult)
         return result
 
@@ -367,13 +367,13 @@ class HfEngine(Engine):
         group.accept(logits.expand(settings.n, -1))
         return group
 
-    def _choose(self, prompt: Prompt, options: list[str], token_ids: list[int]) -> ChoiceResult:
+    def _choose(self, prompt: Prompt, options: list[str], spellings: OptionSpellings) -> ChoiceResult:
         import torch
 
         ids, logits, cache, _, cached = self._prefill(prompt, True)
         self._kept.remember(_digests(prompt), [ids], cache)
-        logprobs = torch.log_softmax(logits[0].float(), dim=-1)[token_ids]
-        probabilities = torch.softmax(logprobs, dim=-1).tolist()
+        logprobs = torch.log_softmax(logits[0].float(), dim=-1)[spellings.token_ids]
+        probabilities = spellings.per_option(torch.softmax(logprobs, dim=-1).tolist())
         return ChoiceResult(dict(zip(options, probabilities, strict=True)), len(ids), cached)
 
     def _prefill(self, prompt: Prompt, use_cache: bool):

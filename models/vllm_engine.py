@@ -135,13 +135,14 @@ class VllmEngine(Engine):
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
-        token_ids = self._options.ids_of(options)
+        spellings = self._options.spellings_of(options)
+        token_ids = spellings.token_ids
         params = SamplingParams(
             n=1,
             max_tokens=1,
             temperature=0.0,
             allowed_token_ids=token_ids,
-            # Raw log-probabilities of exactly these tokens; renormalised over the options below.
+            # Raw log-probabilities of exactly these tokens; renormalised, then summed per option below.
             logprob_token_ids=token_ids,
             output_kind=RequestOutputKind.FINAL_ONLY,
         )
@@ -152,7 +153,9 @@ class VllmEngine(Engine):
         step = completion.logprobs[0]
         logprobs = [step[t].logprob if t in step else -math.inf for t in token_ids]
         return ChoiceResult(
-            dict(zip(options, _softmax(logprobs), strict=True)), _prompt_tokens(output), output.num_cached_tokens or 0
+            dict(zip(options, spellings.per_option(_softmax(logprobs)), strict=True)),
+            _prompt_tokens(output),
+            output.num_cached_tokens or 0,
         )
 
     async def _final(self, prompt: Prompt, params: SamplingParams, job_id: str, priority: int) -> RequestOutput:
