@@ -155,7 +155,11 @@ async def run_raw(
     from models.engine import SamplingSettings
 
     settings = SamplingSettings(
-        n=args.beam_width, max_tokens=per_candidate, temperature=config.temperature, top_p=config.top_p, ignore_eos=True
+        n=args.beam_width,
+        max_tokens=per_candidate,
+        temperature=config.sampling_temperature,
+        top_p=config.top_p,
+        ignore_eos=True,
     )
 
     async def one(i: int) -> Sample:

@@ -39,7 +39,7 @@ async def reference_search(
         settings = SamplingSettings(
             n=1,
             max_tokens=job.token_limit(stage.index),
-            temperature=config.temperature,
+            temperature=config.sampling_temperature,
             top_p=config.top_p,
             stop=(stage.close_tag,),
             use_prefix_cache=False,

@@ -27,7 +27,20 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> None:
         "--stage-tags", default=",".join(DEFAULT_STAGE_NAMES), help="the four stage tag names, comma-separated"
     )
     group.add_argument("--max-tokens-per-stage", type=int, default=defaults.max_tokens_per_stage)
-    group.add_argument("--temperature", type=float, default=defaults.temperature)
+    group.add_argument(
+        "--temperature",
+        type=float,
+        default=None,
+        help="default for requests that give none (default: --search-temperature when the search branches, "
+        "greedy for a single sample)",
+    )
+    group.add_argument(
+        "--search-temperature",
+        type=float,
+        default=defaults.search_temperature,
+        help=f"temperature of the candidates when the search branches and no temperature is given "
+        f"(default {defaults.search_temperature})",
+    )
     group.add_argument("--top-p", type=float, default=defaults.top_p)
     group.add_argument("--search-seed", type=int, default=None, help="seed for reproducible candidates")
 
@@ -42,6 +55,7 @@ def search_config_from(args: argparse.Namespace) -> SearchConfig:
         stages=StageSet.from_names([t.strip() for t in args.stage_tags.split(",")]),
         max_tokens_per_stage=args.max_tokens_per_stage,
         temperature=args.temperature,
+        search_temperature=args.search_temperature,
         top_p=args.top_p,
         seed=args.search_seed,
     )

@@ -16,6 +16,11 @@ STRATEGY_NAMES: tuple[str, ...] = tuple(STRATEGIES)
 JUDGE_MODES: tuple[str, ...] = get_args(JudgeMode)
 STAGE_PROMPTS: tuple[str, ...] = get_args(StagePrompt)
 
+# The temperature candidates are sampled at when a request leaves it out and the search branches
+# (beam width above 1): chosen from the demo model's measurements (docs/benchmarks.md). A single
+# sample (strategy none, or beam width 1) without a temperature is greedy.
+DEFAULT_SEARCH_TEMPERATURE = 0.6
+
 if TYPE_CHECKING:
     StrategyName = str  # a type checker cannot read a Literal off a table; run time checks the names
 else:
@@ -24,7 +29,7 @@ else:
 
 @dataclass(frozen=True)
 class SearchConfig:
-    """How one question is searched. Defaults follow the paper where it says (temperature 0.6, top_p 0.9)."""
+    """How one question is searched. Defaults follow the paper where it says (top_p 0.9)."""
 
     strategy: StrategyName = "stage"
     beam_width: int = 4
@@ -32,7 +37,9 @@ class SearchConfig:
     debias: bool = False
     stage_prompt: StagePrompt = "auto"
     stages: StageSet = field(default_factory=StageSet.from_names)
-    temperature: float = 0.6
+    # None: `search_temperature` when the search branches, greedy when it does not.
+    temperature: float | None = None
+    search_temperature: float = DEFAULT_SEARCH_TEMPERATURE
     top_p: float = 0.9
     seed: int | None = None
     max_tokens_per_stage: int = 512
@@ -54,8 +61,23 @@ class SearchConfig:
             raise ValueError("beam_width must be between 1 and 64")
         if self.max_tokens_per_stage < 1 or (self.max_tokens is not None and self.max_tokens < len(self.stages)):
             raise ValueError("token limits must leave at least one token per stage")
-        if not 0.0 <= self.temperature <= 2.0 or not 0.0 < self.top_p <= 1.0:
+        temperatures = (
+            (self.search_temperature,) if self.temperature is None else (self.temperature, self.search_temperature)
+        )
+        if not all(0.0 <= t <= 2.0 for t in temperatures) or not 0.0 < self.top_p <= 1.0:
             raise ValueError("temperature must be in [0, 2] and top_p in (0, 1]")
+
+    @property
+    def branches(self) -> bool:
+        """Whether candidates are sampled and judged (otherwise one sample answers)."""
+        return self.beam_width > 1 and self.strategy != "none"
+
+    @property
+    def sampling_temperature(self) -> float:
+        """The temperature candidates are sampled at: the request's, else the rule above."""
+        if self.temperature is not None:
+            return self.temperature
+        return self.search_temperature if self.branches else 0.0
 
     @property
     def total_token_budget(self) -> int:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from models.engine import Candidate, ChatMessage, ChatPart, Engine, EngineError, SamplingSettings, StreamDelta
-from stage_search.events import SearchEvent, StageDelta
+from stage_search.events import SearchEvent, StageDecided, StageDelta, StageStarted
 from stage_search.judge import Contender, JudgeContext, PairwiseJudge
 from stage_search.prompts import is_stage_trained, stage_instruction
 from stage_search.stages import Stage
@@ -20,6 +20,15 @@ if TYPE_CHECKING:  # at run time config imports the strategies, which import thi
     from stage_search.config import SearchConfig
 
 Emit = Callable[[SearchEvent], None]
+
+
+@dataclass(frozen=True)
+class Sampled:
+    """One engine call's candidates: raw, traced, and the distinct ones the judge may compare."""
+
+    candidates: Sequence[Candidate]
+    step: StepTrace
+    contenders: list[Contender]
 
 
 @dataclass(frozen=True)
@@ -101,16 +110,30 @@ class SearchJob:
         stage: Stage | None,
         stage_index: int,
     ) -> Branch:
-        """Sample n continuations of the assistant prefix in one engine call; keep the judge's pick.
+        """Sample n continuations of the assistant prefix in one engine call; keep the judge's pick."""
+        sampled = await self.sample(
+            assistant_prefix, n=n, max_tokens=max_tokens, stop=stop, clean=clean, stage_index=stage_index
+        )
+        return await self.pick(sampled, sampled.contenders, accepted=accepted, stage=stage, stage_index=stage_index)
 
-        `clean` turns a raw candidate into the text that would be accepted; identical cleaned texts
-        are merged before judging, so n equal candidates cost no comparison.
-        """
+    async def sample(
+        self,
+        assistant_prefix: str,
+        *,
+        n: int,
+        max_tokens: int,
+        stop: tuple[str, ...],
+        clean: Callable[[Candidate], str],
+        stage_index: int,
+    ) -> Sampled:
+        """n continuations in one engine call, traced. `clean` turns a raw candidate into the text
+        that would be accepted; identical cleaned texts are merged, so equal candidates cost no
+        comparison."""
         prompt = self.engine.render(self.messages, assistant_prefix)
         settings = SamplingSettings(
             n=n,
             max_tokens=max_tokens,
-            temperature=self.config.temperature,
+            temperature=self.config.sampling_temperature,
             top_p=self.config.top_p,
             seed=self.next_seed(),
             stop=stop,
@@ -131,20 +154,46 @@ class SearchJob:
                 contenders.append(Contender(index, text))
             step.candidates.append(CandidateTrace(index, text, candidate.num_tokens, candidate.finish_reason, merged))
             self.usage.completion_tokens += candidate.num_tokens
+        return Sampled(generation.candidates, step, contenders)
 
+    async def pick(
+        self,
+        sampled: Sampled,
+        contenders: Sequence[Contender],
+        *,
+        accepted: str,
+        stage: Stage | None,
+        stage_index: int,
+    ) -> Branch:
+        """The judge's pick among `contenders` (some or all of the sampled ones), by tournament."""
         context = JudgeContext(tuple(self.messages), accepted, stage)
         judge_priority = self.priority(stage_index, judging=True)
 
         async def play(a: Contender, b: Contender, round_: int):
             return await self.judge.compare(context, a, b, round_, priority=judge_priority)
 
+        step = sampled.step
         result = await run_tournament(contenders, play)
         step.matches = list(result.matches)
         step.winner, step.rounds = result.winner.index, result.rounds
         self.usage.judge_tokens += sum(m.judge_tokens for m in step.matches)
-        chosen = generation.candidates[step.winner]
+        chosen = sampled.candidates[step.winner]
         self.accepted_tokens += chosen.num_tokens
         return Branch(result.winner.text, chosen, step)
+
+    def whole_answer_result(self, branch: Branch, started: float) -> SearchResult:
+        """A result from one whole answer (sampled after the first stage's opening tag): split into
+        stages (missing ones empty), so it has the same shape as a staged search's. Stage events all
+        come now: nothing is decided before the whole answer is."""
+        first = self.stages.stages[0]
+        contents = self.stages.parse(first.open_tag + branch.text)
+        seconds = time.perf_counter() - started
+        traces = []
+        for stage in self.stages:
+            self.emit(StageStarted(stage.name, stage.index))
+            traces.append(StageTrace(stage.name, contents[stage.name], [], seconds if stage.index == 0 else 0.0))
+            self.emit(StageDecided(stage.name, stage.index, contents[stage.name]))
+        return self.result(traces, answer_steps=[branch.step])
 
     async def sample_one(
         self, assistant_prefix: str, *, max_tokens: int, stop: tuple[str, ...], stage: Stage
@@ -154,7 +203,7 @@ class SearchJob:
         settings = SamplingSettings(
             n=1,
             max_tokens=max_tokens,
-            temperature=self.config.temperature,
+            temperature=self.config.sampling_temperature,
             top_p=self.config.top_p,
             seed=self.next_seed(),
             stop=stop,

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from stage_search.best_of_n import best_of_n
+from stage_search.majority import majority_vote
 from stage_search.search_job import SearchJob
 from stage_search.sentence_beam import sentence_beam_search
 from stage_search.single_sample import single_sample
@@ -19,5 +20,6 @@ STRATEGIES: dict[str, Strategy] = {
     "stage": stage_beam_search,
     "sentence": sentence_beam_search,
     "best_of_n": best_of_n,
+    "majority": majority_vote,
     "none": single_sample,
 }

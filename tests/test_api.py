@@ -121,7 +121,7 @@ async def test_async_client_plain_and_streaming(server):
     await client.close()
 
 
-@pytest.mark.parametrize("strategy", ["stage", "sentence", "best_of_n", "none"])
+@pytest.mark.parametrize("strategy", ["stage", "sentence", "best_of_n", "majority", "none"])
 def test_every_strategy_answers(client, strategy):
     response = client.chat.completions.create(
         model=MODEL,

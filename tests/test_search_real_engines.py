@@ -52,7 +52,7 @@ async def test_stage_beam_4_has_four_stages_of_four_candidates_and_a_tournament_
     assert_usage_matches_trace(result)
 
 
-@pytest.mark.parametrize("strategy", ["sentence", "best_of_n", "none"])
+@pytest.mark.parametrize("strategy", ["sentence", "best_of_n", "majority", "none"])
 async def test_every_strategy_completes_on_the_real_engine(any_engine, strategy):
     result = await run_search(
         any_engine,

@@ -173,7 +173,7 @@ async def test_stage_instruction_is_added_unless_the_model_is_stage_trained(mode
     assert ("Answer in four stages" in engine.prompts[0]) is expected
 
 
-@pytest.mark.parametrize("strategy", ["stage", "sentence", "best_of_n", "none"])
+@pytest.mark.parametrize("strategy", ["stage", "sentence", "best_of_n", "majority", "none"])
 async def test_every_strategy_keeps_the_four_stage_shape(strategy):
     engine = ScriptedEngine(lambda p, s: [f" step cand-{i}" for i in range(s.n)])
     result = await run_search(
@@ -185,7 +185,7 @@ async def test_every_strategy_keeps_the_four_stage_shape(strategy):
 
 async def test_beam_width_one_never_judges():
     engine = ScriptedEngine(lambda p, s: [f"cand-{i}" for i in range(s.n)])
-    for strategy in ("stage", "sentence", "best_of_n"):
+    for strategy in ("stage", "sentence", "best_of_n", "majority"):
         await run_search(engine, QUESTION, SearchConfig(strategy=strategy, beam_width=1, stage_prompt="never"))
     assert engine.choose_calls == 0
 
@@ -226,6 +226,45 @@ async def test_token_budget_is_shared_by_the_stages():
     assert seen == [16, 16, 9, 1]
 
 
+def whole(conclusion: str, tag: str = "") -> str:
+    """A whole answer as best-of-N and majority sample it: after the first stage's opening tag."""
+    return (
+        f"plan{tag}</SUMMARY>\n\n<CAPTION>shapes</CAPTION>\n\n<REASONING>counting</REASONING>\n\n"
+        f"<CONCLUSION>{conclusion}</CONCLUSION>"
+    )
+
+
+async def test_majority_keeps_the_most_frequent_conclusion_without_judging():
+    # The judge would prefer cand-9, but three of five answers say 3 (in two wordings).
+    answers = [whole("The answer is 3."), whole("4", " cand-9"), whole("3"), whole("5"), whole("The answer is 3.")]
+    engine = ScriptedEngine(lambda p, s: answers[: s.n])
+    result = await run_search(engine, QUESTION, SearchConfig(strategy="majority", beam_width=5, stage_prompt="never"))
+    assert result.answer in ("The answer is 3.", "3")
+    assert engine.choose_calls == 0 and result.usage.judge_tokens == 0
+
+
+async def test_majority_sends_a_tie_to_the_judge():
+    answers = [whole("3", " cand-1"), whole("4", " cand-7"), whole("4", " cand-2"), whole("3", " cand-5"), whole("")]
+    engine = ScriptedEngine(lambda p, s: answers[: s.n])
+    result = await run_search(engine, QUESTION, SearchConfig(strategy="majority", beam_width=5, stage_prompt="never"))
+    # 3 and 4 tie with two votes each (the empty conclusion does not vote): the first answer of
+    # each (cand-1, cand-7) meets in one match, and the judge keeps its favourite, cand-7.
+    assert result.answer == "4" and "cand-7" in result.text
+    step = result.answer_steps[0]
+    assert len(step.candidates) == 5 and len(step.matches) == 1
+
+
+def test_temperature_defaults_to_the_search_temperature_only_when_the_search_branches():
+    from stage_search.config import DEFAULT_SEARCH_TEMPERATURE
+
+    assert SearchConfig(beam_width=4).sampling_temperature == DEFAULT_SEARCH_TEMPERATURE
+    assert SearchConfig(strategy="majority", beam_width=2).sampling_temperature == DEFAULT_SEARCH_TEMPERATURE
+    assert SearchConfig(beam_width=1).sampling_temperature == 0.0  # a single sample: greedy
+    assert SearchConfig(strategy="none", beam_width=4).sampling_temperature == 0.0
+    assert SearchConfig(beam_width=4, temperature=0.0).sampling_temperature == 0.0  # a given one wins
+    assert SearchConfig(beam_width=1, temperature=0.9, search_temperature=1.2).sampling_temperature == 0.9
+
+
 def test_config_rejects_bad_values():
     for bad in (
         {"strategy": "mcts"},
@@ -234,6 +273,8 @@ def test_config_rejects_bad_values():
         {"stage_prompt": "sometimes"},
         {"top_p": 0.0},
         {"max_tokens": 2},
+        {"temperature": 2.5},
+        {"search_temperature": -0.1},
     ):
         with pytest.raises(ValueError):
             SearchConfig(**bad)
