@@ -43,7 +43,7 @@ format: install
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-# Rebuild models/demo from scratch (synthetic data, three training phases; about 32 minutes on 2 cores).
+# Rebuild models/demo from scratch (synthetic data, five training phases; about 60 minutes on 2 cores).
 demo-model: install
 	$(VENV)/bin/llava-o1 demo-model
 

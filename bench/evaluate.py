@@ -1,4 +1,4 @@
-"""`llava-o1 eval`: score a search strategy on LLaVA-o1-100k-format records with known answers.
+"""`llava-o1 eval`: score search strategies on LLaVA-o1-100k-format records with known answers.
 
 Each question goes through the search, in this process on an engine (`--model`, default the
 demo model) or against a running server (`--url`). The answer is read from the CONCLUSION (the
@@ -6,6 +6,11 @@ option letter for multiple choice) and compared with the record's `answer` (or, 
 the conclusion of its own staged answer). Reported: accuracy, the share of answers with a valid
 four-stage structure (every stage non-empty, and every stage closed by the model's own closing tag
 rather than cut at the token limit), and tokens per question, as a Markdown table and JSON.
+
+Table mode (`--strategies none,majority,best_of_n,sentence,stage --beam-widths 2,4,8`) scores
+every strategy at every width on one engine and adds, read from each search's trace, the oracle
+(pass@N: any candidate of the final answer right) and the judge's pairwise accuracy per stage in
+the matches it played between a right and a wrong candidate; `--plot-out` draws accuracy against N.
 """
 
 from __future__ import annotations
@@ -14,37 +19,14 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-LETTER = re.compile(r"\b([A-D])\b")
-_ANSWER_PREFIX = re.compile(r"^(the\s+)?(final\s+)?answer\s*(is)?\s*[:\-]?\s*", re.IGNORECASE)
-
-
-def expected_answer(record: dict) -> str:
-    if record.get("answer") is not None:
-        return str(record["answer"])
-    gpt = next(t["value"] for t in record["conversations"] if t["from"] == "gpt")
-    match = re.search(r"<CONCLUSION>(.*?)</CONCLUSION>", gpt, re.S)
-    return (match.group(1) if match else gpt).strip()
-
-
-def extract_answer(conclusion: str, multiple_choice: bool) -> str:
-    """The answer a conclusion gives: its first option letter, or its text without "The answer is"."""
-    text = conclusion.strip()
-    if multiple_choice:
-        match = LETTER.search(text)
-        return match.group(1) if match else ""
-    return _ANSWER_PREFIX.sub("", text).strip().rstrip(".").strip().lower()
-
-
-def is_correct(record: dict, conclusion: str) -> bool:
-    multiple_choice = "options" in record
-    expected = expected_answer(record)
-    got = extract_answer(conclusion, multiple_choice)
-    return got == (expected if multiple_choice else extract_answer(expected, False))
+from bench.eval_report import markdown, plot, summarize
+from bench.trace_scores import judge_outcomes, oracle_right
+from training.labels import StageLabeler, is_correct
+from training.records import question_messages, read_questions
 
 
 def valid_structure(trace: dict) -> bool:
@@ -63,58 +45,7 @@ def valid_structure(trace: dict) -> bool:
     return True
 
 
-def read_questions(path: str | Path) -> list[dict]:
-    path = Path(path)
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    for record in records:
-        record["_image_path"] = str(path.parent / record["image"]) if record.get("image") else None
-        human = next(t["value"] for t in record["conversations"] if t["from"] == "human")
-        record["_question"] = human.replace("<image>", "").strip()
-    return records
-
-
-def summarize(scored: list[dict], strategy: str, beam_width: int) -> dict:
-    n = len(scored)
-    return {
-        "strategy": strategy,
-        "beam_width": beam_width,
-        "questions": n,
-        "accuracy": sum(s["correct"] for s in scored) / n if n else 0.0,
-        "valid_structure": sum(s["valid"] for s in scored) / n if n else 0.0,
-        "completion_tokens_per_question": sum(s["completion_tokens"] for s in scored) / n if n else 0.0,
-        "judge_tokens_per_question": sum(s["judge_tokens"] for s in scored) / n if n else 0.0,
-        "by_kind": _by_kind(scored),
-    }
-
-
-def _by_kind(scored: list[dict]) -> dict:
-    kinds: dict[str, list[dict]] = {}
-    for s in scored:
-        kinds.setdefault(s["kind"], []).append(s)
-    return {
-        k: {"questions": len(v), "accuracy": sum(x["correct"] for x in v) / len(v)} for k, v in sorted(kinds.items())
-    }
-
-
-def markdown(summaries: list[dict]) -> str:
-    rows = [
-        "| strategy | beam width | questions | accuracy | valid structure "
-        "| completion tokens/question | judge tokens/question |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for s in summaries:
-        rows.append(
-            f"| {s['strategy']} | {s['beam_width']} | {s['questions']} | {s['accuracy']:.1%} | "
-            f"{s['valid_structure']:.1%} | {s['completion_tokens_per_question']:.1f} | "
-            f"{s['judge_tokens_per_question']:.1f} |"
-        )
-    return "\n".join(rows)
-
-
-async def _score_in_process(args, records: list[dict]) -> list[dict]:
-    from PIL import Image
-
-    from models.engine import ChatMessage, ChatPart
+async def _score_in_process(args, records: list[dict], cells: list[tuple[str, int]]) -> list[list[dict]]:
     from models.engine_factory import start_engine
     from server.default_model import use_default_model
     from stage_search.config import SearchConfig
@@ -122,33 +53,37 @@ async def _score_in_process(args, records: list[dict]) -> list[dict]:
 
     use_default_model(args)
     engine = start_engine(args)
-    config = SearchConfig(
-        strategy=args.strategy,
-        beam_width=args.beam_width,
+    base = SearchConfig(
         max_tokens_per_stage=args.max_tokens_per_stage,
         temperature=args.temperature,
+        search_temperature=args.search_temperature,
         seed=args.search_seed,
         stage_prompt=args.stage_prompt,
+        judge=args.judge,
+        debias=args.debias,
     )
     limit = asyncio.Semaphore(args.concurrency)
+    # By position: ids repeat across files (every synth-data set starts at shapes-000000).
+    messages = [question_messages(r) for r in records]
 
-    async def one(record: dict) -> dict:
-        parts = []
-        if record["_image_path"]:
-            with Image.open(record["_image_path"]) as opened:
-                parts.append(ChatPart.of_image(opened.convert("RGB")))
-        parts.append(ChatPart.of_text(record["_question"]))
+    async def one(index: int, config: SearchConfig) -> dict:
+        record = records[index]
         async with limit:
-            result = await run_search(engine, [ChatMessage("user", tuple(parts))], config)
+            result = await run_search(engine, messages[index], config)
         return _score(record, result.answer, result.to_dict())
 
     try:
-        return await asyncio.gather(*(one(r) for r in records))
+        results = []
+        for strategy, width in cells:
+            config = base.with_(strategy=strategy, beam_width=width)
+            results.append(await asyncio.gather(*(one(i, config) for i in range(len(records)))))
+            _progress(strategy, width, results[-1])
+        return results
     finally:
         await engine.shutdown()
 
 
-async def _score_over_http(args, records: list[dict]) -> list[dict]:
+async def _score_over_http(args, records: list[dict], cells: list[tuple[str, int]]) -> list[list[dict]]:
     import base64
 
     import httpx
@@ -159,7 +94,7 @@ async def _score_over_http(args, records: list[dict]) -> list[dict]:
     async with httpx.AsyncClient(base_url=base, headers=headers, timeout=600) as client:
         model = (await client.get("/v1/models")).json()["data"][0]["id"]
 
-        async def one(record: dict) -> dict:
+        async def one(record: dict, strategy: str, width: int) -> dict:
             content = []
             if record["_image_path"]:
                 data = base64.b64encode(Path(record["_image_path"]).read_bytes()).decode()
@@ -170,11 +105,13 @@ async def _score_over_http(args, records: list[dict]) -> list[dict]:
                 "messages": [{"role": "user", "content": content}],
                 "temperature": args.temperature,
                 "reasoning": {
-                    "strategy": args.strategy,
-                    "beam_width": args.beam_width,
+                    "strategy": strategy,
+                    "beam_width": width,
                     "trace": True,
                     "max_tokens_per_stage": args.max_tokens_per_stage,
                     "stage_prompt": args.stage_prompt,
+                    "judge": args.judge,
+                    "debias": args.debias,
                 },
             }
             if args.search_seed is not None:
@@ -185,37 +122,68 @@ async def _score_over_http(args, records: list[dict]) -> list[dict]:
             trace = response.json()["reasoning"]["trace"]
             return _score(record, trace["answer"], trace)
 
-        return await asyncio.gather(*(one(r) for r in records))
+        results = []
+        for strategy, width in cells:
+            results.append(await asyncio.gather(*(one(r, strategy, width) for r in records)))
+            _progress(strategy, width, results[-1])
+        return results
+
+
+def _progress(strategy: str, width: int, scored: list[dict]) -> None:
+    accuracy = sum(s["correct"] for s in scored) / len(scored) if scored else 0.0
+    print(f"{strategy} @{width}: {accuracy:.1%} of {len(scored)}", file=sys.stderr, flush=True)
 
 
 def _score(record: dict, conclusion: str, trace: dict) -> dict:
+    labeler = StageLabeler(record)
     return {
         "id": record["id"],
         "kind": record.get("kind", "all"),
+        "data": record.get("_data", ""),
         "correct": is_correct(record, conclusion),
         "valid": valid_structure(trace),
         "conclusion": conclusion.strip(),
         "completion_tokens": trace["usage"]["completion_tokens"],
         "judge_tokens": trace["usage"]["judge_tokens"],
+        "oracle": oracle_right(labeler, trace),
+        "judge_outcomes": judge_outcomes(labeler, trace),
     }
 
 
 def build_parser() -> argparse.ArgumentParser:
     from models.engine_config import add_engine_arguments, make_parser
-    from stage_search.config import STAGE_PROMPTS, STRATEGY_NAMES
+    from stage_search.config import JUDGE_MODES, STAGE_PROMPTS, STRATEGY_NAMES, SearchConfig
 
     parser = make_parser(
         "llava-o1 eval",
-        "Score a search strategy on records with known answers (accuracy, structure, tokens).",
+        "Score search strategies on records with known answers (accuracy, oracle, judge accuracy, tokens).",
         verbose_flag=True,
     )
     group = parser.add_argument_group("evaluation")
-    group.add_argument("--data", required=True, help="a .jsonl file of records (e.g. synth-data's test.jsonl)")
+    group.add_argument(
+        "--data",
+        required=True,
+        nargs="+",
+        help="one or more .jsonl files of records (e.g. synth-data's test.jsonl), pooled; accuracy is "
+        "also reported per file",
+    )
     group.add_argument("--strategy", default="none", choices=STRATEGY_NAMES)
     group.add_argument("--beam-width", type=int, default=1)
+    group.add_argument(
+        "--strategies",
+        help="table mode: comma-separated strategies, each at every --beam-widths (none only at 1)",
+    )
+    group.add_argument("--beam-widths", default="2,4,8", help="table mode: comma-separated beam widths")
     group.add_argument("--max-tokens-per-stage", type=int, default=96)
-    group.add_argument("--temperature", type=float, default=0.0, help="0: greedy (the default)")
+    group.add_argument(
+        "--temperature",
+        type=float,
+        help="default: the server's rule (the search temperature when the search branches, greedy otherwise)",
+    )
+    group.add_argument("--search-temperature", type=float, default=SearchConfig().search_temperature)
     group.add_argument("--search-seed", type=int, help="seed for reproducible candidates (as in ask)")
+    group.add_argument("--judge", choices=JUDGE_MODES, default="logprob")
+    group.add_argument("--debias", action="store_true", help="judge each pair in both orders")
     group.add_argument(
         "--stage-prompt",
         choices=STAGE_PROMPTS,
@@ -224,24 +192,49 @@ def build_parser() -> argparse.ArgumentParser:
         "they were trained on them (a trained model given by path wants never)",
     )
     group.add_argument("--concurrency", type=int, default=16, help="questions in flight at once")
-    group.add_argument("--limit", type=int, help="only the first N questions")
+    group.add_argument("--limit", type=int, help="only the first N questions of each file")
     group.add_argument("--url", help="score a running server instead of starting an engine here")
     group.add_argument("--api-key", default=os.environ.get("LLAVA_O1_API_KEY"))
-    group.add_argument("--json-out", help="also write the summary and per-question results here")
+    group.add_argument("--json-out", help="also write the summaries and per-question results here")
+    group.add_argument("--plot-out", help="table mode: draw accuracy against beam width to this PNG")
     add_engine_arguments(parser)
     return parser
 
 
+def cells_of(args: argparse.Namespace, strategy_names: Sequence[str]) -> list[tuple[str, int]]:
+    """The (strategy, beam width) pairs to score: one, or the table mode's grid."""
+    if not args.strategies:
+        return [(args.strategy, args.beam_width)]
+    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    unknown = [s for s in strategies if s not in strategy_names]
+    if unknown:
+        raise SystemExit(f"llava-o1 eval: unknown strategies {unknown}; choose from {', '.join(strategy_names)}")
+    widths = sorted({int(w) for w in args.beam_widths.split(",") if w.strip()})
+    if not widths or min(widths) < 1:
+        raise SystemExit("llava-o1 eval: --beam-widths needs positive integers")
+    return [(s, 1) if s == "none" else (s, w) for s in strategies for w in ([1] if s == "none" else widths)]
+
+
 def main(argv: Sequence[str]) -> int:
     from models.engine_config import parse_engine_command
+    from stage_search.config import STRATEGY_NAMES
 
     args = parse_engine_command(build_parser, argv)
-    records = read_questions(args.data)[: args.limit]
-    scored = asyncio.run(_score_over_http(args, records) if args.url else _score_in_process(args, records))
-    summary = summarize(scored, args.strategy, args.beam_width)
+    cells = cells_of(args, STRATEGY_NAMES)
+    records = [{**record, "_data": path} for path in args.data for record in read_questions(path)[: args.limit]]
+    run = _score_over_http if args.url else _score_in_process
+    scored = asyncio.run(run(args, records, cells))
+    summaries = [summarize(s, strategy, width) for s, (strategy, width) in zip(scored, cells, strict=True)]
     if args.json_out:  # first: the file is written even if stdout goes away
-        Path(args.json_out).write_text(json.dumps({"summary": summary, "questions": scored}, indent=2) + "\n")
-    print(markdown([summary]))
-    print(json.dumps(summary, indent=2))
-    print(f"scored {len(scored)} questions from {args.data}", file=sys.stderr)
+        if len(cells) == 1:
+            body = {"summary": summaries[0], "questions": scored[0]}
+        else:
+            questions = {f"{strategy}@{width}": s for s, (strategy, width) in zip(scored, cells, strict=True)}
+            body = {"summaries": summaries, "questions": questions}
+        Path(args.json_out).write_text(json.dumps(body, indent=2) + "\n")
+    if args.plot_out:
+        plot(summaries, args.plot_out)
+    print(markdown(summaries))
+    print(json.dumps(summaries[0] if len(cells) == 1 else summaries, indent=2))
+    print(f"scored {len(records)} questions from {', '.join(args.data)} in {len(cells)} settings", file=sys.stderr)
     return 0

@@ -35,6 +35,11 @@ COMMANDS: dict[str, Command] = {
         "synth_data",
         "write synthetic shape questions with four-stage answers (LLaVA-o1-100k format)",
     ),
+    "judge-data": Command(
+        "training.commands",
+        "judge_data",
+        "write on-policy judge turns: a model's own candidates, labelled against the scenes' ground truth",
+    ),
     "train": Command(
         "training.commands", "train_model", "fine-tune a model on such records (loss on the answers only)"
     ),

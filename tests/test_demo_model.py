@@ -37,16 +37,34 @@ def test_ask_uses_the_demo_model_and_counts_right(cli_env, tmp_path):
 
 
 def test_recipe_trains_each_phase_on_its_own_data(tmp_path):
-    from training.demo_recipe import Phase, build_demo_model
+    from training.demo_recipe import ANSWERS, COUNTERFACTUAL_CONCLUSION, JUDGE, JudgeSet, Phase, build_demo_model
 
-    phases = (Phase(1e-3, 1.0, records=8), Phase(5e-4, 1.0, data_seed=7, records=8))
-    summary = build_demo_model(tmp_path / "demo", steps_per_phase=2, phases=phases, batch_size=4)
+    # Phase 2 trains on judge turns made from phase 1's model (on-policy and counterfactual) beside answers.
+    phases = (
+        Phase(1e-3, 1.0, records=8),
+        Phase(
+            5e-4,
+            1.0,
+            data_seed=7,
+            records=8,
+            sources=(ANSWERS, COUNTERFACTUAL_CONCLUSION, JUDGE),
+            loss_average="example",
+        ),
+    )
+    judge_sets = (JudgeSet(4, scene_seed=12, temperature=1.0, beam_width=2),)
+    summary = build_demo_model(tmp_path / "demo", steps_per_phase=2, phases=phases, judge_sets=judge_sets, batch_size=4)
     recorded = json.loads((tmp_path / "demo" / "training.json").read_text())
     assert recorded == summary
     assert [(p["lr"], p["steps"]) for p in recorded["phases"]] == [(1e-3, 2), (5e-4, 2)]
     assert [p["data"] for p in recorded["phases"]] == [
         "llava-o1 synth-data --n 8 --seed 0 --test-fraction 0",
         "llava-o1 synth-data --n 8 --seed 7 --test-fraction 0",
+    ]
+    assert recorded["phases"][1]["sources"] == ["answers", "counterfactual:CONCLUSION", "judge"]
+    assert [p["loss_average"] for p in recorded["phases"]] == ["token", "example"]
+    assert recorded["judge_sets"] == [
+        "llava-o1 judge-data --model MODEL --out OUT --n 4 --scene-seed 12 --beam-width 2 --temperature 1.0 "
+        "--stage-prompt never"
     ]
     assert {"model.safetensors", "tokenizer.json", "processor_config.json"} <= {
         p.name for p in (tmp_path / "demo").iterdir()

@@ -7,9 +7,10 @@ import json
 import subprocess
 
 import pytest
-from helpers import API_KEY
+from helpers import API_KEY, run_cli
 
-from bench.evaluate import extract_answer, is_correct, valid_structure
+from bench.evaluate import valid_structure
+from training.labels import extract_answer, is_correct
 
 COUNT = {
     "id": "a",
@@ -120,3 +121,66 @@ def test_eval_against_the_server_scores_every_question(server, cli_env, tmp_path
     # The embedded model is random: it never closes a stage itself within 8 tokens.
     assert result["summary"]["valid_structure"] == 0.0
     assert all(q["completion_tokens"] > 0 and q["judge_tokens"] > 0 for q in result["questions"])
+
+
+def test_table_mode_scores_every_strategy_at_every_width(cli_env, tmp_path):
+    """The demo model in process, five strategies, widths 1 and 2: one table, JSON and a plot."""
+    run_cli(cli_env, "synth-data", "--out", str(tmp_path / "data"), "--n", "6", "--seed", "8", "--test-fraction", "0")
+    out, png = tmp_path / "table.json", tmp_path / "table.png"
+    done = run_cli(
+        cli_env,
+        "eval",
+        "--data",
+        str(tmp_path / "data" / "train.jsonl"),
+        "--strategies",
+        "none,majority,best_of_n,sentence,stage",
+        "--beam-widths",
+        "2,3",
+        "--search-seed",
+        "4",
+        "--json-out",
+        str(out),
+        "--plot-out",
+        str(png),
+    )
+    cells = [(s, w) for s in ("majority", "best_of_n", "sentence", "stage") for w in (2, 3)]
+    for strategy, width in [("none", 1), *cells]:
+        assert f"| {strategy} | {width} | 6 |" in done.stdout
+    result = json.loads(out.read_text())
+    summaries = {(s["strategy"], s["beam_width"]): s for s in result["summaries"]}
+    assert set(summaries) == {("none", 1), *cells}
+    assert set(result["questions"]) == {f"{s}@{w}" for s, w in summaries}
+    assert png.read_bytes().startswith(b"\x89PNG")
+    for (strategy, width), summary in summaries.items():
+        # The answer kept is one of the candidates, so the oracle is never below the accuracy.
+        if strategy != "sentence":
+            assert summary["oracle"] >= summary["accuracy"], (strategy, width)
+        assert summary["tokens_per_question"] > 0
+        for judged in summary["judge_accuracy"].values():
+            assert judged["matches"] > 0 and 0.0 <= judged["accuracy"] <= 1.0
+    assert summaries[("none", 1)]["oracle"] == summaries[("none", 1)]["accuracy"]
+    assert summaries[("none", 1)]["judge_tokens_per_question"] == 0
+    assert summaries[("sentence", 2)]["oracle"] is None
+    # At width 2 or more the search samples at the default search temperature: candidates differ.
+    assert any(q["judge_tokens"] > 0 for q in result["questions"]["stage@3"])
+
+
+def test_files_are_pooled_without_mixing_up_their_questions(cli_env, tmp_path):
+    """Two sets whose ids repeat (both start at shapes-000000): greedy answers per file are what
+    each file alone gets, and accuracy is also reported per file."""
+    files = []
+    for seed in (8, 13):
+        run_cli(cli_env, "synth-data", "--out", str(tmp_path / f"s{seed}"), "--n", "5", "--seed", str(seed),
+                "--test-fraction", "0")  # fmt: skip
+        files.append(str(tmp_path / f"s{seed}" / "train.jsonl"))
+
+    def conclusions(*data: str) -> tuple[list[str], dict]:
+        out = tmp_path / "eval.json"
+        run_cli(cli_env, "eval", "--data", *data, "--concurrency", "1", "--json-out", str(out))
+        result = json.loads(out.read_text())
+        return [q["conclusion"] for q in result["questions"]], result["summary"]["by_data"]
+
+    alone = conclusions(files[0])[0] + conclusions(files[1])[0]
+    pooled, by_data = conclusions(*files)
+    assert pooled == alone
+    assert set(by_data) == set(files) and all(v["questions"] == 5 for v in by_data.values())

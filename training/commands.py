@@ -4,6 +4,7 @@ and the call into this package. Heavy imports wait until the options are parsed.
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Sequence
 
 
@@ -50,6 +51,56 @@ def synth_data(argv: Sequence[str]) -> int:
     return 0
 
 
+def judge_data(argv: Sequence[str]) -> int:
+    from pathlib import Path
+
+    from models.engine_config import add_engine_arguments, make_parser, parse_engine_command
+    from stage_search.config import STAGE_PROMPTS, SearchConfig
+
+    defaults = SearchConfig()
+
+    def build_parser() -> argparse.ArgumentParser:
+        parser = make_parser(
+            "llava-o1 judge-data",
+            "Sample a model's own candidates per stage on fresh synthetic scenes, through the search, label them "
+            "against the scenes' ground truth, and write judge turns (OUT/judge.jsonl, OUT/judge_generative.jsonl) "
+            "beside the scenes' answers (OUT/train.jsonl).",
+            verbose_flag=True,
+        )
+        group = parser.add_argument_group("judge data")
+        group.add_argument("--out", required=True, help="folder to write to")
+        group.add_argument("--n", type=int, default=1000, help="number of fresh scenes (default 1000)")
+        group.add_argument(
+            "--scene-seed", type=int, default=300, help="seed of the scenes: one no training or eval set uses"
+        )
+        group.add_argument("--beam-width", type=int, default=8, help="candidates per stage (default 8)")
+        group.add_argument("--temperature", type=float, default=defaults.search_temperature)
+        group.add_argument("--top-p", type=float, default=defaults.top_p)
+        group.add_argument("--max-tokens-per-stage", type=int, default=96)
+        group.add_argument("--stage-prompt", choices=STAGE_PROMPTS, default="auto")
+        group.add_argument("--search-seed", type=int, help="seed for reproducible candidates")
+        group.add_argument("--max-pairs", type=int, default=2, help="right-wrong pairs kept per scene and stage")
+        group.add_argument("--no-whole-answers", action="store_true", help="skip best-of-N whole-answer pairs")
+        group.add_argument(
+            "--counterfactual",
+            action="store_true",
+            help="also write judge_counterfactual.jsonl: each scene's right conclusion against a wrong one, "
+            "after its own right stages (no sampling)",
+        )
+        group.add_argument("--concurrency", type=int, default=16, help="scenes in flight at once")
+        add_engine_arguments(parser)
+        return parser
+
+    args = parse_engine_command(build_parser, argv)
+    if args.n < 1 or args.beam_width < 2:
+        raise SystemExit("llava-o1 judge-data: --n must be at least 1 and --beam-width at least 2")
+    from training.judge_data import build_judge_data
+
+    summary = build_judge_data(args, Path(args.out))
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def train_model(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="llava-o1 train",
@@ -57,7 +108,13 @@ def train_model(argv: Sequence[str]) -> int:
         "Writes the model to OUT, checkpoints to OUT/checkpoint-STEP.",
     )
     parser.add_argument("--model", help="model folder to start from (default: the embedded tiny model)")
-    parser.add_argument("--data", required=True, help="a .jsonl file of records (e.g. from synth-data)")
+    parser.add_argument(
+        "--data",
+        required=True,
+        nargs="+",
+        help="one or more .jsonl files of records, trained on together (e.g. synth-data's train.jsonl and "
+        "judge-data's judge.jsonl: one model that answers and judges)",
+    )
     parser.add_argument("--out", required=True, help="folder for the trained model and its checkpoints")
     parser.add_argument("--steps", type=int, help="stop after this many steps (counted from the start, across resumes)")
     parser.add_argument("--max-minutes", type=float, help="stop after this many minutes of this run")
@@ -66,6 +123,13 @@ def train_model(argv: Sequence[str]) -> int:
     parser.add_argument("--save-every", type=int, default=100, help="checkpoint every N steps (0: never)")
     parser.add_argument("--resume", action="store_true", help="go on from OUT's latest checkpoint")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--loss-average",
+        choices=("token", "example"),
+        default="token",
+        help="token: over all target tokens of a batch (the model's own loss); example: per record, then over "
+        "records, so a three-token judge verdict weighs as much as an eighty-token answer",
+    )
     args = parser.parse_args(argv)
     if args.steps is None and args.max_minutes is None:
         parser.error("give --steps, --max-minutes, or both")
@@ -83,6 +147,7 @@ def train_model(argv: Sequence[str]) -> int:
         save_every=args.save_every,
         resume=args.resume,
         seed=args.seed,
+        loss_average=args.loss_average,
     )
     print(
         f"trained to step {summary['steps']}: loss {summary['first_loss']:.3f} -> {summary['last_loss']:.3f}; "

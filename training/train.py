@@ -13,9 +13,12 @@ import json
 import random
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
+
+from training.records import IMAGE_MARK, ROLES
 
 if TYPE_CHECKING:
     import torch
@@ -26,28 +29,34 @@ CHECKPOINT_PREFIX = "checkpoint-"
 
 @dataclass
 class Example:
+    """One record: its image, and its turns as (role, text); the last turn is the assistant's target.
+
+    Answer records have two turns (question, staged answer); judge records four (question, the
+    answer so far, the judge's question, the verdict)."""
+
     image: Path | None
-    question: str
-    answer: str
+    turns: list[tuple[str, str]]
 
 
-def read_records(path: str | Path) -> list[Example]:
-    """Records of a .jsonl file; image paths are relative to the file's folder."""
-    path = Path(path)
+def read_records(paths: str | Path | Sequence[str | Path]) -> list[Example]:
+    """Records of one or more .jsonl files; image paths are relative to each file's folder."""
     examples = []
-    for line in path.read_text().splitlines():
-        if not line.strip():
-            continue
-        record = json.loads(line)
-        human = next(t["value"] for t in record["conversations"] if t["from"] == "human")
-        gpt = next(t["value"] for t in record["conversations"] if t["from"] == "gpt")
-        image = path.parent / record["image"] if record.get("image") else None
-        examples.append(Example(image, human.replace("<image>", "").strip(), gpt))
+    for path in [paths] if isinstance(paths, (str, Path)) else paths:
+        path = Path(path)
+        for line in path.read_text().splitlines():
+            if not line.strip():
+                continue
+            record = json.loads(line)
+            turns = [(ROLES[t["from"]], t["value"]) for t in record["conversations"]]
+            if turns[-1][0] != "assistant":
+                raise ValueError(f"{path}: record {record.get('id')} does not end with an assistant turn")
+            image = path.parent / record["image"] if record.get("image") else None
+            examples.append(Example(image, turns))
     return examples
 
 
 class Collator:
-    """Turns examples into a padded batch whose labels cover the assistant's answer only."""
+    """Turns examples into a padded batch whose labels cover the last assistant turn only."""
 
     def __init__(self, processor: ProcessorMixin):
         self.processor = processor
@@ -55,10 +64,15 @@ class Collator:
         self.tokenizer.padding_side = "right"
 
     def conversation(self, example: Example, with_answer: bool) -> str:
-        content = ([{"type": "image"}] if example.image else []) + [{"type": "text", "text": example.question}]
-        messages: list[dict[str, Any]] = [{"role": "user", "content": content}]
-        if with_answer:
-            messages.append({"role": "assistant", "content": [{"type": "text", "text": example.answer}]})
+        """The chat text, as the engine renders it (models/chat_template.py): the image part stands
+        where "<image>" was, before the turn's text; without the answer, it ends with the
+        assistant's header (the generation prompt)."""
+        turns = example.turns if with_answer else example.turns[:-1]
+        messages: list[dict[str, Any]] = []
+        for role, text in turns:
+            images = text.count(IMAGE_MARK) if example.image else 0
+            body = text.replace(IMAGE_MARK, "").strip() if images else text
+            messages.append({"role": role, "content": [{"type": "image"}] * images + [{"type": "text", "text": body}]})
         text = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=not with_answer)
         assert isinstance(text, str)
         return text
@@ -66,7 +80,9 @@ class Collator:
     def __call__(self, examples: list[Example]) -> dict:
         from PIL import Image
 
-        images = [[Image.open(e.image).convert("RGB")] for e in examples if e.image]
+        images = [
+            [Image.open(e.image).convert("RGB")] * _image_count(e) for e in examples if e.image and _image_count(e)
+        ]
         full = [self.conversation(e, True) for e in examples]
         prompts = [self.conversation(e, False) for e in examples]
         kwargs = {"images": images} if images else {}
@@ -84,9 +100,13 @@ class Collator:
         return dict(batch)
 
 
+def _image_count(example: Example) -> int:
+    return sum(text.count(IMAGE_MARK) for _, text in example.turns) if example.image else 0
+
+
 def train(
     model_dir: str,
-    data: str,
+    data: str | Sequence[str],
     out: str,
     *,
     steps: int | None = None,
@@ -97,6 +117,7 @@ def train(
     resume: bool = False,
     seed: int = 0,
     progress: bool = True,
+    loss_average: str = "token",
 ) -> dict:
     """Fine-tune `model_dir` on `data`; returns {"steps", "first_loss", "last_loss", "seconds"}."""
     import torch
@@ -127,7 +148,7 @@ def train(
     step, started = start_step, time.monotonic()
     while (steps is None or step < steps) and (deadline is None or time.monotonic() < deadline):
         batch = collate(rng.sample(examples, min(batch_size, len(examples))))
-        loss = model(**batch).loss
+        loss = example_mean_loss(model, batch) if loss_average == "example" else model(**batch).loss
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -148,11 +169,33 @@ def train(
         "first_loss": first_loss,
         "last_loss": last_loss,
         "seconds": round(time.monotonic() - started, 1),
-        "data": str(data),
+        "data": data if isinstance(data, str) else list(data),
         "from": str(model_dir),
+        "loss_average": loss_average,
     }
     (out_dir / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def example_mean_loss(model: PreTrainedModel, batch: dict) -> torch.Tensor:
+    """Cross-entropy averaged over each example's target tokens, then over the examples
+    (`--loss-average example`).
+
+    The default, the model's own `.loss`, averages over all the batch's target tokens at once: a
+    judge record's target is a verdict of three tokens beside answers of about eighty, so that
+    gives judging about 2% of the gradient even when a third of the records are judge turns.
+    Per example, each record counts once."""
+    import torch
+
+    labels = batch["labels"]
+    logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    targets = labels[:, 1:]
+    losses = torch.nn.functional.cross_entropy(
+        logits[:, :-1].transpose(1, 2).float(), targets, ignore_index=-100, reduction="none"
+    )
+    mask = (targets != -100).float()
+    per_example = (losses * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+    return per_example[mask.sum(dim=1) > 0].mean()
 
 
 def save_checkpoint(

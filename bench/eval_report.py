@@ -1,0 +1,115 @@
+"""`llava-o1 eval`'s figures: one summary per (strategy, beam width) cell, a Markdown table, and a
+plot of accuracy against beam width for each strategy."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+from training.labels import WHOLE_ANSWER
+
+JUDGED_STAGES = ("SUMMARY", "CAPTION", "REASONING", "CONCLUSION", WHOLE_ANSWER)
+
+
+def summarize(scored: list[dict], strategy: str, beam_width: int) -> dict:
+    n = len(scored)
+
+    def mean(key: str) -> float:
+        return sum(s[key] for s in scored) / n if n else 0.0
+
+    oracle = [s["oracle"] for s in scored if s.get("oracle") is not None]
+    return {
+        "strategy": strategy,
+        "beam_width": beam_width,
+        "questions": n,
+        "accuracy": mean("correct"),
+        "oracle": sum(oracle) / len(oracle) if oracle and len(oracle) == n else None,
+        "valid_structure": mean("valid"),
+        "completion_tokens_per_question": mean("completion_tokens"),
+        "judge_tokens_per_question": mean("judge_tokens"),
+        "tokens_per_question": mean("completion_tokens") + mean("judge_tokens"),
+        "judge_accuracy": _judge_accuracy(scored),
+        "by_kind": _by_group(scored, "kind"),
+        "by_data": _by_group(scored, "data"),
+    }
+
+
+def _judge_accuracy(scored: list[dict]) -> dict:
+    """Per stage: matches between a right and a wrong candidate, and the share the judge got right."""
+    outcomes: dict[str, list[bool]] = defaultdict(list)
+    for s in scored:
+        for stage, right in s.get("judge_outcomes", []):
+            outcomes[stage].append(right)
+    return {
+        stage: {"matches": len(outcomes[stage]), "accuracy": sum(outcomes[stage]) / len(outcomes[stage])}
+        for stage in JUDGED_STAGES
+        if outcomes.get(stage)
+    }
+
+
+def _by_group(scored: list[dict], key: str) -> dict:
+    groups: dict[str, list[dict]] = {}
+    for s in scored:
+        groups.setdefault(s.get(key, ""), []).append(s)
+    return {
+        k: {"questions": len(v), "accuracy": sum(x["correct"] for x in v) / len(v)} for k, v in sorted(groups.items())
+    }
+
+
+def markdown(summaries: list[dict]) -> str:
+    stages = [st for st in JUDGED_STAGES if any(st in s["judge_accuracy"] for s in summaries)]
+    head = (
+        "| strategy | beam width | questions | accuracy | oracle (pass@N) | valid structure "
+        "| completion tokens/question | judge tokens/question |"
+    )
+    head += "".join(f" judge on {st} |" for st in stages)
+    rows = [head, "|---" * (8 + len(stages)) + "|"]
+    for s in summaries:
+        oracle = f"{s['oracle']:.1%}" if s["oracle"] is not None else "-"
+        row = (
+            f"| {s['strategy']} | {s['beam_width']} | {s['questions']} | {s['accuracy']:.1%} | {oracle} | "
+            f"{s['valid_structure']:.1%} | {s['completion_tokens_per_question']:.1f} | "
+            f"{s['judge_tokens_per_question']:.1f} |"
+        )
+        for st in stages:
+            judged = s["judge_accuracy"].get(st)
+            row += f" {judged['accuracy']:.1%} ({judged['matches']}) |" if judged else " - |"
+        rows.append(row)
+    return "\n".join(rows)
+
+
+def plot(summaries: list[dict], path: str | Path) -> None:
+    """Accuracy against beam width, one line per strategy (greedy as a flat line), and the oracle
+    of whole answers (pass@N) dashed, when best-of-N or majority was run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    widths = sorted({s["beam_width"] for s in summaries})
+    fig, axis = plt.subplots(figsize=(6.5, 4.2))
+    by_strategy: dict[str, list[dict]] = defaultdict(list)
+    for s in summaries:
+        by_strategy[s["strategy"]].append(s)
+    for name, cells in by_strategy.items():
+        cells.sort(key=lambda c: c["beam_width"])
+        if name == "none":
+            axis.axhline(100 * cells[0]["accuracy"], color="gray", linestyle=":", label="none (greedy)")
+            continue
+        axis.plot([c["beam_width"] for c in cells], [100 * c["accuracy"] for c in cells], marker="o", label=name)
+    whole = [c for name in ("best_of_n", "majority") for c in by_strategy.get(name, []) if c["oracle"] is not None]
+    if whole:
+        oracle: dict[int, float] = {}
+        for c in whole:
+            oracle[c["beam_width"]] = max(oracle.get(c["beam_width"], 0.0), c["oracle"])
+        xs = sorted(oracle)
+        axis.plot(xs, [100 * oracle[x] for x in xs], color="black", linestyle="--", label="oracle (pass@N)")
+    axis.set_xscale("log", base=2)
+    axis.minorticks_off()
+    axis.set(xlabel="beam width N (candidates per step)", ylabel="accuracy (%)", xticks=widths)
+    axis.set_xticklabels([str(w) for w in widths])
+    axis.grid(True, alpha=0.3)
+    axis.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
