@@ -79,8 +79,9 @@ def markdown(summaries: list[dict]) -> str:
 
 
 def plot(summaries: list[dict], path: str | Path) -> None:
-    """Accuracy against beam width, one line per strategy (greedy as a flat line), and the oracle
-    of whole answers (pass@N) dashed, when best-of-N or majority was run."""
+    """Accuracy against beam width, one line per strategy (greedy as a flat line), and dashed the
+    oracles: of whole answers (pass@N, when best-of-N or majority was run) and of stage search's
+    conclusions."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -103,7 +104,17 @@ def plot(summaries: list[dict], path: str | Path) -> None:
         for c in whole:
             oracle[c["beam_width"]] = max(oracle.get(c["beam_width"], 0.0), c["oracle"])
         xs = sorted(oracle)
-        axis.plot(xs, [100 * oracle[x] for x in xs], color="black", linestyle="--", label="oracle (pass@N)")
+        axis.plot(xs, [100 * oracle[x] for x in xs], color="black", linestyle="--", marker="x", label="oracle (pass@N)")
+    staged = [c for c in by_strategy.get("stage", []) if c["oracle"] is not None]
+    if staged:
+        axis.plot(
+            [c["beam_width"] for c in staged],
+            [100 * c["oracle"] for c in staged],
+            color="gray",
+            linestyle="--",
+            marker="+",
+            label="stage oracle (any conclusion right)",
+        )
     axis.set_xscale("log", base=2)
     axis.minorticks_off()
     axis.set(xlabel="beam width N (candidates per step)", ylabel="accuracy (%)", xticks=widths)
