@@ -104,3 +104,25 @@ def test_train_takes_answers_and_judge_turns_together(judge_dir, cli_env, tmp_pa
             "--steps", "2", "--batch-size", "4", "--save-every", "0", "--loss-average", "example")  # fmt: skip
     summary = json.loads((out / "training.json").read_text())
     assert summary["steps"] == 2 and len(summary["data"]) == 3 and summary["loss_average"] == "example"
+
+
+async def test_a_model_told_the_stages_gets_the_instruction_once(tmp_path):
+    """For a model not trained on the stages the search adds the instruction; judge-data must not
+    add it a second time (scripted engine: its name marks no stage training)."""
+    from scripted_engine import ScriptedEngine
+
+    from stage_search.config import SearchConfig
+    from stage_search.prompts import stage_instruction
+    from training.judge_data import collect_pairs
+    from training.synthetic_data import write_dataset
+
+    write_dataset(tmp_path, 2, seed=3, test_fraction=0.0)
+    engine = ScriptedEngine(lambda prompt, settings: [f"cand-{i}" for i in range(settings.n)])
+    pairs = await collect_pairs(
+        engine, read_questions(tmp_path / "train.jsonl"), SearchConfig(beam_width=2), progress=False
+    )
+    instruction = stage_instruction(STAGE_SET)
+    assert engine.prompts and all(prompt.count(instruction) == 1 for prompt in engine.prompts)
+    assert all(
+        sum(part.text.count(instruction) for part in pair.context.conversation[0].content) == 1 for pair in pairs
+    )

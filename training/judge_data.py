@@ -154,14 +154,16 @@ async def collect_pairs(
     bar = tqdm(total=len(records), desc="judge-data", unit="scene", disable=not progress)
 
     async def one(record: dict) -> list[Pair]:
-        # The conversation as the search's judge sees it (with the stage instruction, if it adds one).
-        messages = SearchJob(engine, question_messages(record), config, job_id="judge-data").messages
+        question = question_messages(record)
+        # The conversation as the search's judge sees it: with the stage instruction, when the search
+        # adds one (the search is given the question itself, and adds it again on its own).
+        judged = SearchJob(engine, question, config, job_id="judge-data").messages
         async with limit:
-            staged = await run_search(engine, messages, config.with_(strategy="stage"))
-            pairs = stage_pairs(record, messages, staged, config.stages)
+            staged = await run_search(engine, question, config.with_(strategy="stage"))
+            pairs = stage_pairs(record, judged, staged, config.stages)
             if whole_answers:
-                whole = await run_search(engine, messages, config.with_(strategy="best_of_n"))
-                pairs += whole_answer_pairs(record, messages, whole, config.stages)
+                whole = await run_search(engine, question, config.with_(strategy="best_of_n"))
+                pairs += whole_answer_pairs(record, judged, whole, config.stages)
         bar.update(1)
         return pairs
 
