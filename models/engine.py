@@ -22,8 +22,22 @@ class EngineError(RuntimeError):
     """The engine cannot serve any more requests (it died or was shut down)."""
 
 
-class PromptTooLongError(ValueError):
-    """A prompt does not fit the model's context (bad input, not an engine failure)."""
+class InvalidRequestError(ValueError):
+    """The engine refuses a request for its content (bad input, not an engine failure).
+
+    `param` names what was wrong in the engine's own terms ("max_tokens", "image", ...) when known.
+    """
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param
+
+
+class PromptTooLongError(InvalidRequestError):
+    """A prompt does not fit the model's context."""
+
+    def __init__(self, message: str):
+        super().__init__(message, param="prompt")
 
 
 @dataclass(frozen=True)
@@ -163,7 +177,8 @@ class Engine(abc.ABC):
         """Sample `settings.n` candidates for one prompt in one call (the prefix is shared).
 
         Lower `priority` values run first where the engine schedules by priority.
-        Raises PromptTooLongError for a prompt over the context, EngineError when the engine is dead.
+        Raises PromptTooLongError for a prompt over the context, InvalidRequestError for any other
+        input the engine refuses, EngineError when the engine is dead.
         """
 
     async def stream(

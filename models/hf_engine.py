@@ -35,6 +35,7 @@ from models.engine import (
     EngineError,
     EngineStats,
     Generation,
+    InvalidRequestError,
     Prompt,
     PromptTooLongError,
     SamplingSettings,
@@ -101,12 +102,14 @@ class HfEngine(Engine):
         self._order = itertools.count()
         self._lock = threading.Lock()  # guards what both the event loop and the engine loop change
         self._in_flight: dict[str, int] = defaultdict(int)  # job -> its calls queued or running
+        self._unsettled: dict[int, _Call] = {}  # every call not yet answered (by order), for when the loop dies
         self._cancelled: set[str] = set()  # jobs whose calls stop at the next token
         self._queued_calls = 0  # submitted, not yet taken by the engine loop
         self._decoding_calls = 0  # generate calls in the batch being decoded (engine loop only)
         self._kept = PrefixCache(self._new_cache, self._cross_attention_layers, image_token_ids)
         self.decode_steps = 0  # forward passes of the shared batch (each feeds one token to every row)
         self._closed = False
+        self._dead = False  # the engine loop died
         self._thread = threading.Thread(target=self._loop, name="hf-engine", daemon=True)
         self._thread.start()
 
@@ -166,7 +169,7 @@ class HfEngine(Engine):
                 self._cancelled.add(job_id)
 
     async def is_healthy(self) -> bool:
-        return not self._closed and self._thread.is_alive()
+        return not (self._closed or self._dead) and self._thread.is_alive()
 
     def stats(self) -> EngineStats:
         """Calls, not sequences: running = generate calls being decoded, waiting = calls not yet taken
@@ -211,10 +214,14 @@ class HfEngine(Engine):
         def deliver(result: Result | None, error: BaseException | None) -> None:
             loop.call_soon_threadsafe(_settle, future, result, error)
 
+        call = _Call(priority, next(self._order), job_id, start, deliver, aborted)
         with self._lock:
+            if self._dead:
+                raise EngineError("the engine is not running")
             self._in_flight[job_id] += 1
             self._queued_calls += 1
-        self._inbox.put(_Call(priority, next(self._order), job_id, start, deliver, aborted))
+            self._unsettled[call.order] = call
+        self._inbox.put(call)
         try:
             return await future
         except asyncio.CancelledError:
@@ -226,6 +233,19 @@ class HfEngine(Engine):
     # -- the engine loop (its own thread) ---------------------------------------------------------
 
     def _loop(self) -> None:
+        """The engine loop; if it ever dies, every call still waiting hears so (EngineError), and
+        the engine reports itself unhealthy."""
+        try:
+            self._serve_calls()
+        except BaseException as exc:
+            log.exception("hf engine: the engine loop died")
+            with self._lock:
+                self._dead = True
+                orphans = list(self._unsettled.values())
+            for call in orphans:
+                self._settle_call(call, None, EngineError(f"the engine died: {exc!r}"))
+
+    def _serve_calls(self) -> None:
         import torch
 
         waiting: list[Group] = []  # prefilled, not yet in the batch
@@ -333,6 +353,8 @@ class HfEngine(Engine):
     def _settle_call(self, call: _Call, result: Result | None, error: BaseException | None) -> None:
         # Bookkeeping first: a caller that resumes on the result must find its call gone.
         with self._lock:
+            if self._unsettled.pop(call.order, None) is None:
+                return  # already answered (when the loop died)
             self._in_flight[call.job_id] -= 1
             if not self._in_flight[call.job_id]:
                 del self._in_flight[call.job_id]
@@ -379,13 +401,16 @@ class HfEngine(Engine):
     def _prefill(self, prompt: Prompt, use_cache: bool):
         """Encode the prompt, reusing the longest kept cache it starts with. Returns (token ids,
         logits of the last position [1, V], cache, per-token extras, cached token count)."""
-        inputs = (
-            self._processor(
-                images=list(prompt.images) or None, text=prompt.text, return_tensors="pt", add_special_tokens=False
+        try:
+            inputs = (
+                self._processor(
+                    images=list(prompt.images) or None, text=prompt.text, return_tensors="pt", add_special_tokens=False
+                )
+                if prompt.images
+                else self._tokenizer(prompt.text, return_tensors="pt", add_special_tokens=False)
             )
-            if prompt.images
-            else self._tokenizer(prompt.text, return_tensors="pt", add_special_tokens=False)
-        )
+        except (ValueError, TypeError) as exc:  # the processor refused the input (images, text)
+            raise InvalidRequestError(f"the model's processor refused the input: {exc}") from exc
         # Pixels come out of the processor in float32; the model may run in bfloat16.
         inputs = {
             k: v.to(self._device, dtype=self._dtype) if v.is_floating_point() else v.to(self._device)

@@ -22,6 +22,7 @@ from models.engine import (
     EngineStats,
     FinishReason,
     Generation,
+    InvalidRequestError,
     Prompt,
     PromptTooLongError,
     SamplingSettings,
@@ -170,7 +171,7 @@ class VllmEngine(Engine):
         self, prompt: Prompt, params: SamplingParams, job_id: str, priority: int
     ) -> AsyncIterator[RequestOutput]:
         """One engine request, yielding vLLM's RequestOutputs; errors mapped to the contract's."""
-        from vllm.exceptions import VLLMValidationError
+        from vllm.exceptions import VLLMClientError
         from vllm.v1.engine.exceptions import EngineDeadError
 
         if self._closed or self._llm.errored:
@@ -182,11 +183,10 @@ class VllmEngine(Engine):
             async for output in self._llm.generate(self._engine_input(prompt), params, request_id, priority=priority):
                 produced = True
                 yield output
-        except VLLMValidationError as exc:
-            # vLLM words this check differently in its renderer and its input processor.
-            if exc.parameter == "input_tokens" or "maximum model length" in str(exc):
-                raise PromptTooLongError(str(exc)) from exc
-            raise ValueError(str(exc)) from exc
+        except (VLLMClientError, ValueError) as exc:
+            # vLLM refuses bad input while adding the request, as its client-error class or (in older
+            # checks of its input processor) a bare ValueError: both are the client's, never a 500.
+            raise _refusal(exc) from exc
         except EngineDeadError as exc:
             raise EngineError(f"the engine died: {exc}") from exc
         except (asyncio.CancelledError, GeneratorExit):
@@ -234,6 +234,21 @@ class VllmEngine(Engine):
             # teardown, where it fails noisily on already-cleared globals. Every use checks _closed.
             del self._llm
             gc.collect()
+
+
+# vLLM's names for a prompt over the context: its renderer checks characters, then tokens; its
+# input processor words the same check differently.
+_PROMPT_LENGTH_PARAMS = {"input_text", "input_tokens", "prompt_token_ids"}
+_PROMPT_LENGTH_WORDS = ("maximum context length", "maximum model length")
+
+
+def _refusal(exc: Exception) -> InvalidRequestError:
+    """The contract's error for input vLLM refused."""
+    param = getattr(exc, "parameter", None)
+    message = str(exc)
+    if param in _PROMPT_LENGTH_PARAMS or any(words in message for words in _PROMPT_LENGTH_WORDS):
+        return PromptTooLongError(message)
+    return InvalidRequestError(message, param=param)
 
 
 def _sampling_params(settings: SamplingSettings, output_kind: RequestOutputKind) -> SamplingParams:

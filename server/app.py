@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 
 from fastapi import FastAPI
@@ -11,6 +13,7 @@ from server.admission import AdmissionController
 from server.body_limit import BodySizeLimit
 from server.chat_route import router as chat_router
 from server.errors import install_error_handlers
+from server.lifecycle import Lifecycle, LifecycleGate
 from server.meta_routes import package_version
 from server.meta_routes import router as meta_router
 from server.metrics import ServerMetrics
@@ -23,10 +26,21 @@ from server.state import ServerState
 def create_app(engine: Engine, settings: ServerSettings | None = None) -> FastAPI:
     """An app serving `engine` (already started; its lifetime is the caller's)."""
     settings = settings or ServerSettings()
+    lifecycle = Lifecycle(
+        shutdown_timeout_s=settings.shutdown_timeout_s, engine_death_exit_s=settings.engine_death_exit_s
+    )
+
+    @contextlib.asynccontextmanager
+    async def watching_the_engine(app: FastAPI):
+        watch = asyncio.create_task(lifecycle.watch_engine(engine))
+        yield
+        watch.cancel()
+
     app = FastAPI(
         title="llava-o1",
         version=package_version("llava-o1") or "0",
         description="OpenAI-style chat completions with stage-level reasoning search.",
+        lifespan=watching_the_engine,
     )
     metrics = ServerMetrics(engine)
     admission = AdmissionController(
@@ -35,13 +49,23 @@ def create_app(engine: Engine, settings: ServerSettings | None = None) -> FastAP
         on_change=lambda active, queued: metrics.queued.set(queued),
     )
     app.state.llava_o1 = ServerState(
-        engine=engine, settings=settings, metrics=metrics, admission=admission, started=time.time()
+        engine=engine,
+        settings=settings,
+        metrics=metrics,
+        admission=admission,
+        started=time.time(),
+        lifecycle=lifecycle,
     )
     install_error_handlers(app)
     app.include_router(chat_router)
     app.include_router(meta_router)
     app.include_router(metrics_router)
-    # Added last = outermost: requests refused for their size are counted too.
+    # Added last = outermost: requests refused for their size, or while draining, are counted too.
+    app.add_middleware(LifecycleGate, lifecycle=lifecycle)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(ChatMetricsMiddleware, metrics=metrics)
     return app
+
+
+def get_lifecycle(app: FastAPI) -> Lifecycle:
+    return app.state.llava_o1.lifecycle

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from server.errors import error_body
+from server.errors import send_error
 
 
 class _TooLarge(Exception):
@@ -45,16 +45,4 @@ class BodySizeLimit:
                 await self._reject(send)
 
     async def _reject(self, send):
-        body = (
-            error_body(413, f"request body is larger than {self.max_bytes} bytes", None, "request_too_large")
-            .model_dump_json()
-            .encode()
-        )
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await send_error(send, 413, f"request body is larger than {self.max_bytes} bytes", "request_too_large")

@@ -17,7 +17,7 @@ from starlette.background import BackgroundTask
 from server.auth import require_api_key
 from server.chat_output import StageTextWriter, whole_message
 from server.chat_request import ChatJob, to_chat_job
-from server.errors import INTERNAL_ERROR, APIError, search_error
+from server.errors import INTERNAL_ERROR, APIError, ServerShuttingDown, search_error
 from server.metrics import outcome_of
 from server.schemas import (
     ChatCompletion,
@@ -103,6 +103,8 @@ async def _search_until_disconnect(state: ServerState, job: ChatJob, job_id: str
             if await request.is_disconnected():
                 log.info("client of %s went away; search cancelled", job_id)
                 raise APIError(499, "client closed the request")
+            if state.lifecycle.stopping:
+                raise ServerShuttingDown()
     finally:
         if not search.done():
             search.cancel()
@@ -167,7 +169,8 @@ async def _sse(
     yield chunk([ChunkChoice(delta=ChunkDelta(role="assistant", content=""))])
     try:
         async with slot, asyncio.timeout_at(deadline):
-            async for event in stream_search(state.engine, job.messages, job.config, job_id=completion_id):
+            events = stream_search(state.engine, job.messages, job.config, job_id=completion_id)
+            async for event in state.lifecycle.unless_stopping(events):
                 clock(event)
                 for piece in writer.pieces(event):
                     delta = (

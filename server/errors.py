@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from models.engine import EngineError, PromptTooLongError
+from models.engine import EngineError, InvalidRequestError, PromptTooLongError
 from server.schemas import ErrorInfo, ErrorResponse
 
 log = logging.getLogger("llava_o1.server")
@@ -24,6 +24,10 @@ _TYPES = {
     503: "service_unavailable_error",
     504: "timeout_error",
 }
+
+
+class ServerShuttingDown(Exception):
+    """The server stopped waiting for a request in flight: its shutdown timeout passed."""
 
 
 class APIError(Exception):
@@ -61,6 +65,14 @@ def error_response(
     return JSONResponse(error_body(status, message, param, code).model_dump(), status_code=status, headers=headers)
 
 
+async def send_error(send, status: int, message: str, code: str, headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+    """Answer an error straight from ASGI middleware, before any route runs."""
+    body = error_body(status, message, None, code).model_dump_json().encode()
+    start = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers]
+    await send({"type": "http.response.start", "status": status, "headers": start})
+    await send({"type": "http.response.body", "body": body})
+
+
 INTERNAL_ERROR = APIError(500, "internal server error", code="internal_error")
 
 
@@ -73,11 +85,26 @@ def search_error(exc: BaseException, timeout_s: float) -> APIError | None:
             f"the request did not finish within its deadline of {timeout_s:g} s; its search was stopped",
             code="timeout",
         )
+    if isinstance(exc, ServerShuttingDown):
+        return APIError(
+            503, "the server shut down before the search finished; retry on another replica", code="shutting_down"
+        )
     if isinstance(exc, PromptTooLongError):
         return APIError(400, str(exc), param="messages", code="context_length_exceeded")
+    if isinstance(exc, InvalidRequestError):
+        return APIError(400, str(exc), param=_request_param(exc.param), code="invalid_value")
     if isinstance(exc, EngineError):
         return APIError(503, f"the engine is unavailable: {exc}", code="engine_unavailable")
     return None
+
+
+# Engine parameters that are request fields under the same name; any other refusal is of the prompt.
+_SAMPLING_FIELDS = {"max_tokens", "temperature", "top_p", "seed", "stop", "n"}
+
+
+def _request_param(engine_param: str | None) -> str:
+    """The request field an engine refusal is about."""
+    return engine_param if engine_param in _SAMPLING_FIELDS else "messages"
 
 
 def _describe_validation(exc: RequestValidationError) -> tuple[str, str | None, str]:

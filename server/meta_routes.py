@@ -1,4 +1,4 @@
-"""GET /v1/models, /health and /version."""
+"""GET /v1/models, /health (readiness), /live (liveness) and /version."""
 
 from __future__ import annotations
 
@@ -33,15 +33,26 @@ async def list_models(state: ServerState = Depends(get_state)) -> ModelList:
 
 @router.get("/health")
 async def health(state: ServerState = Depends(get_state)):
-    """200 while the engine can serve, 503 otherwise; the body has the engine's current load."""
-    healthy = await state.engine.is_healthy()
+    """200 while the engine can serve, 503 otherwise (also while draining for shutdown); the body
+    has the engine's current load."""
+    refusing = state.lifecycle.refusing
+    healthy = refusing is None and await state.engine.is_healthy()
     stats = state.engine.stats()
     body = {
-        "status": "ok" if healthy else "unavailable",
+        "status": "ok" if healthy else (refusing or "unavailable"),
         "running_requests": stats.running_requests,
         "waiting_requests": stats.waiting_requests,
     }
     return JSONResponse(body, status_code=200 if healthy else 503)
+
+
+@router.get("/live")
+async def live(state: ServerState = Depends(get_state)):
+    """The liveness probe: 200 while the process can still serve or finish serving (also while it
+    drains, which /health reports as 503 for readiness), 503 once the engine is dead."""
+    if state.lifecycle.engine_dead or not await state.engine.is_healthy():
+        return JSONResponse({"status": "engine_dead"}, status_code=503)
+    return {"status": "draining" if state.lifecycle.draining else "ok"}
 
 
 @router.get("/version")

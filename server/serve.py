@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import uvicorn
 
+from server.lifecycle import Lifecycle
 from server.settings import ImageLimits, ServerSettings
 
 log = logging.getLogger("llava_o1.serve")
@@ -55,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds from arrival to the last byte before a request gets 504",
     )
     server.add_argument(
+        "--engine-death-exit-after",
+        type=float,
+        default=defaults.engine_death_exit_s,
+        help="seconds between the engine's death and the process exiting non-zero, for its supervisor",
+    )
+    server.add_argument(
         "--max-beam-width", type=int, default=defaults.max_beam_width, help="largest beam_width a request may ask for"
     )
     server.add_argument("--max-body-bytes", type=int, default=defaults.max_body_bytes)
@@ -73,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_search_arguments(parser)
     # vLLM's parser owns --model; its default here is the embedded tiny model.
     add_engine_arguments(parser)
+    # vLLM's own flag, for its engine core's drain; here it bounds the whole server's drain too.
+    for action in parser._actions:
+        if action.dest == "shutdown_timeout":
+            action.default = defaults.shutdown_timeout_s
+            action.help = "on SIGTERM or SIGINT, seconds that requests in flight may run on before they are cancelled"
     return parser
 
 
@@ -93,6 +105,8 @@ def settings_from(args: argparse.Namespace) -> ServerSettings:
         max_concurrent_searches=args.max_concurrent_searches,
         max_queue=args.max_queue,
         request_timeout_s=args.request_timeout,
+        shutdown_timeout_s=args.shutdown_timeout,
+        engine_death_exit_s=args.engine_death_exit_after,
         images=ImageLimits(
             max_images=args.max_images,
             max_pixels=args.max_image_pixels,
@@ -108,13 +122,30 @@ def serve(argv: Sequence[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(list(argv))
     settings = settings_from(args)
-    asyncio.run(_serve(settings, args))
-    return 0
+    return asyncio.run(_serve(settings, args))
 
 
 class GracefulServer(uvicorn.Server):
-    """uvicorn re-raises SIGINT/SIGTERM after its own shutdown, which would end the process
-    before the engine is shut down; here a signal only starts the graceful shutdown."""
+    """SIGTERM/SIGINT start a drain (server/lifecycle.py) instead of uvicorn's immediate stop; a
+    second signal stops at once. uvicorn also re-raises the signal after its own shutdown, which
+    would end the process before the engine is shut down; here it does not."""
+
+    def __init__(self, config: uvicorn.Config, lifecycle: Lifecycle):
+        super().__init__(config)
+        self.lifecycle = lifecycle
+        lifecycle.stop = self.stop
+        self._drain: asyncio.Task | None = None
+
+    def stop(self) -> None:
+        self.should_exit = True
+
+    def handle_exit(self, sig: int, frame) -> None:
+        if self._drain is not None or self.should_exit:
+            log.info("second signal: stopping now")
+            super().handle_exit(sig, frame)
+            return
+        log.info("received %s: draining", signal.Signals(sig).name)
+        self._drain = asyncio.get_running_loop().create_task(self.lifecycle.drain())
 
     @contextlib.contextmanager
     def capture_signals(self):
@@ -128,21 +159,25 @@ class GracefulServer(uvicorn.Server):
                 loop.remove_signal_handler(sig)
 
 
-async def _serve(settings: ServerSettings, args: argparse.Namespace) -> None:
+async def _serve(settings: ServerSettings, args: argparse.Namespace) -> int:
+    """Serve until drained or the engine dies; the process's exit code."""
 
     from models.engine_factory import start_engine
-    from server.app import create_app
+    from server.app import create_app, get_lifecycle
     from server.default_model import use_default_model
 
     use_default_model(args)
     engine = start_engine(args)
     try:
         app = create_app(engine, settings)
+        # The drain has already waited for requests in flight; what is left after it is cancelled.
         config = uvicorn.Config(
-            app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=5
+            app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=2
         )
         log.info("serving model %s on http://%s:%d/v1", engine.model_name, settings.host, settings.port)
-        await GracefulServer(config).serve()
+        lifecycle = get_lifecycle(app)
+        await GracefulServer(config, lifecycle).serve()
+        return lifecycle.exit_code
     finally:
         log.info("shutting down the engine")
         await engine.shutdown()

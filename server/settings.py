@@ -31,3 +31,7 @@ class ServerSettings:
     max_queue: int = 64  # searches waiting for a slot; beyond it, 429
     request_timeout_s: float = 600.0  # from arrival (queueing included) to the last byte; then 504
     images: ImageLimits = field(default_factory=ImageLimits)
+    # SIGTERM: how long requests in flight may run on before they are cancelled.
+    shutdown_timeout_s: float = 30.0
+    # After the engine dies: how long before the process exits non-zero (for its supervisor).
+    engine_death_exit_s: float = 3.0

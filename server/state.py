@@ -8,6 +8,7 @@ from fastapi import Request
 
 from models.engine import Engine
 from server.admission import AdmissionController
+from server.lifecycle import Lifecycle
 from server.metrics import ServerMetrics
 from server.settings import ServerSettings
 
@@ -19,6 +20,7 @@ class ServerState:
     metrics: ServerMetrics
     admission: AdmissionController
     started: float
+    lifecycle: Lifecycle
 
     @property
     def model_names(self) -> list[str]:

@@ -52,6 +52,17 @@ def any_engine(request):
 
 
 @pytest.fixture(scope="session")
+def image_url() -> str:
+    """The shapes image as a data: URL, as clients send it."""
+    import base64
+    import io
+
+    buffer = io.BytesIO()
+    shapes_image().save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+@pytest.fixture(scope="session")
 def cli_env(tmp_path_factory) -> dict[str, str]:
     """Environment for CLI subprocesses: a private model cache, the venv's scripts first on PATH."""
     env = dict(os.environ)
@@ -148,10 +159,8 @@ def hf_server(cli_env, tiny_mllama_dir, tmp_path_factory):
     yield from serve_subprocess(args, cli_env, tmp_path_factory.mktemp("hf-server") / "serve.log")
 
 
-def serve_subprocess(args: list[str], env: dict[str, str], log_path: Path):
-    """Start `llava-o1 serve ARGS` on a free port, wait until healthy, yield its details, stop it
-    with SIGINT and check it exits cleanly."""
-    import signal
+def launch_server(args: list[str], env: dict[str, str], log_path: Path):
+    """Start `llava-o1 serve ARGS` on a free port and wait until healthy: (process, base URL)."""
     import subprocess
     import time
 
@@ -167,14 +176,22 @@ def serve_subprocess(args: list[str], env: dict[str, str], log_path: Path):
     while time.monotonic() < deadline and proc.poll() is None:
         try:
             if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                break
+                return proc, base
         except httpx.HTTPError:
             pass
         time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("server did not become healthy:\n" + log_path.read_text()[-5000:])
-    yield {"base": base, "port": port, "log": log_path, "process": proc}
+    proc.kill()
+    pytest.fail("server did not become healthy:\n" + log_path.read_text()[-5000:])
+
+
+def serve_subprocess(args: list[str], env: dict[str, str], log_path: Path):
+    """Start `llava-o1 serve ARGS` on a free port, wait until healthy, yield its details, stop it
+    with SIGINT and check it exits cleanly."""
+    import signal
+    import subprocess
+
+    proc, base = launch_server(args, env, log_path)
+    yield {"base": base, "port": int(base.rsplit(":", 1)[1]), "log": log_path, "process": proc}
     proc.send_signal(signal.SIGINT)
     try:
         code = proc.wait(timeout=60)

@@ -9,7 +9,7 @@ import json
 import httpx
 import pytest
 import uvicorn
-from helpers import free_port, shapes_image
+from helpers import free_port
 
 from server.admission import AdmissionController
 from server.app import create_app
@@ -60,16 +60,6 @@ SMALL = ServerSettings(
     max_queue=4,
     request_timeout_s=60,
 )
-
-
-@pytest.fixture(scope="module")
-def image_url():
-    import base64
-    import io
-
-    buffer = io.BytesIO()
-    shapes_image().save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
 @contextlib.asynccontextmanager

@@ -196,6 +196,8 @@ ERROR_CASES = {
     "too_many_images": (dict(json=body(messages=question("q", data_url(), data_url(), data_url()))), 400, "messages"),
     "body_too_large": (dict(content=b'{"model": "' + b"x" * 2_100_000 + b'"}'), 413, None),
     "prompt_too_long": (dict(json=body(messages=question("word " * 5000))), 400, "messages"),
+    # About a million characters: vLLM refuses it on its length in characters, before tokenizing.
+    "prompt_far_too_long": (dict(json=body(messages=question("word " * 200_000))), 400, "messages"),
     "beam_width_too_big": (dict(json=body(reasoning={"beam_width": 7})), 400, "reasoning.beam_width"),
     "beam_width_zero": (dict(json=body(reasoning={"beam_width": 0})), 400, "reasoning.beam_width"),
     "unknown_strategy": (dict(json=body(reasoning={"strategy": "mcts"})), 400, "reasoning.strategy"),
@@ -330,3 +332,38 @@ def test_temperature_zero_with_a_beam_is_answered(client):
     trace = extra(response, "reasoning")["trace"]
     assert all(len({c["text"] for c in stage["candidates"]}) == 1 for stage in trace["stages"])
     assert all(not stage["matches"] for stage in trace["stages"])  # equal candidates need no judge
+
+
+@pytest.mark.parametrize(
+    ("refusal", "status", "param", "code"),
+    [
+        (
+            dict(message="This model's maximum context length is 4096 tokens.", parameter="input_text"),
+            400,
+            "messages",
+            "context_length_exceeded",
+        ),
+        (
+            dict(message="The decoder prompt (length 5000) is longer than the maximum model length of 4096."),
+            400,
+            "messages",
+            "context_length_exceeded",
+        ),
+        (
+            dict(message="max_tokens must be at least 1, got 0.", parameter="max_tokens"),
+            400,
+            "max_tokens",
+            "invalid_value",
+        ),
+        (dict(message="At most 1 image(s) may be provided in one prompt."), 400, "messages", "invalid_value"),
+    ],
+)
+def test_every_vllm_validation_error_is_a_400_naming_the_field(refusal, status, param, code):
+    """vLLM's whole client-error class is mapped once, whatever check raised it."""
+    from vllm.exceptions import VLLMValidationError
+
+    from models.vllm_engine import _refusal
+    from server.errors import search_error
+
+    error = search_error(_refusal(VLLMValidationError(refusal.pop("message"), **refusal)), 60)
+    assert error is not None and (error.status, error.param, error.code) == (status, param, code)

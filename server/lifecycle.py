@@ -1,0 +1,155 @@
+"""The server's life after start-up: draining on SIGTERM, and exiting when the engine dies.
+
+- Drain (SIGTERM or SIGINT): new requests and /health get 503, so load balancers stop sending;
+  requests in flight run on, up to the shutdown timeout; those still running then get 503 (in band
+  on a stream) and their searches are cancelled, which aborts their engine work; then the HTTP
+  server stops and the process exits 0.
+- Engine death: a watch polls the engine's health; once it fails, every request gets 503 (those in
+  flight get it from the engine), and after `engine_death_exit_s` the process exits non-zero so
+  that its supervisor (compose `restart:`, a Kubernetes liveness probe, systemd) starts a new one.
+  A dead vLLM engine core cannot be restarted inside the process cleanly (its processes, shared
+  memory and the front end's request state go with it), so we exit rather than restart.
+
+`LifecycleGate` is the ASGI side: it refuses new requests while draining or dead and counts the
+requests in flight that a drain waits for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from models.engine import Engine
+from server.errors import ServerShuttingDown, send_error
+
+T = TypeVar("T")
+
+log = logging.getLogger("llava_o1.server")
+
+# Served while draining or dead: the probes (they say why), and metrics (ops watch the drain).
+PASS_THROUGH = ("/health", "/live", "/metrics")
+ENGINE_DEATH_EXIT_CODE = 3
+# After the shutdown timeout: how long the requests told to stop get to send their 503.
+STOPPING_GRACE_S = 2.0
+
+
+@dataclass
+class Lifecycle:
+    shutdown_timeout_s: float = 30.0
+    engine_death_exit_s: float = 3.0
+    health_poll_s: float = 0.5
+    draining: bool = False
+    engine_dead: bool = False
+    in_flight: int = 0  # HTTP requests being served (not health or metrics)
+    exit_code: int = 0
+    # Ends the HTTP server; `serve` sets it. Without one (an app in a test) nothing stops.
+    stop: Callable[[], None] = field(default=lambda: None)
+    _idle: asyncio.Event | None = None
+    _stopping: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def stopping(self) -> bool:
+        """True once the shutdown timeout has passed: requests still in flight must end now."""
+        return self._stopping.is_set()
+
+    @property
+    def refusing(self) -> str | None:
+        """Why new requests are refused, or None while serving."""
+        if self.engine_dead:
+            return "engine_dead"
+        return "draining" if self.draining else None
+
+    async def drain(self) -> None:
+        """Refuse new requests, let those in flight finish (up to the timeout), then stop."""
+        self.draining = True
+        log.info("draining: %d request(s) in flight, waiting up to %g s", self.in_flight, self.shutdown_timeout_s)
+        try:
+            await asyncio.wait_for(self._until_idle(), self.shutdown_timeout_s)
+            log.info("drained; stopping")
+        except TimeoutError:
+            log.warning("shutdown timeout: %d request(s) still in flight are cancelled", self.in_flight)
+            self._stopping.set()
+            try:
+                await asyncio.wait_for(self._until_idle(), STOPPING_GRACE_S)
+            except TimeoutError:
+                pass  # the HTTP server cancels what is left
+        self.stop()
+
+    async def unless_stopping(self, events: AsyncIterator[T]) -> AsyncIterator[T]:
+        """`events` as they come, until the shutdown timeout passes: then it closes them (which
+        cancels the search behind them) and raises ServerShuttingDown."""
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            while True:
+                following = asyncio.ensure_future(anext(events))
+                await asyncio.wait({following, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                if not following.done():
+                    following.cancel()
+                    await asyncio.gather(following, return_exceptions=True)
+                    raise ServerShuttingDown()
+                try:
+                    event = following.result()
+                except StopAsyncIteration:
+                    return
+                yield event
+        finally:
+            stopping.cancel()
+
+    async def watch_engine(self, engine: Engine) -> None:
+        """Poll the engine's health; once it fails, refuse everything and exit non-zero soon after."""
+        while await engine.is_healthy():
+            await asyncio.sleep(self.health_poll_s)
+        self.engine_dead = True
+        log.error(
+            "the engine died; refusing requests and exiting with code %d in %g s",
+            ENGINE_DEATH_EXIT_CODE,
+            self.engine_death_exit_s,
+        )
+        await asyncio.sleep(self.engine_death_exit_s)
+        self.exit_code = ENGINE_DEATH_EXIT_CODE
+        self.stop()
+
+    def enter(self) -> None:
+        self.in_flight += 1
+
+    def leave(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0 and self._idle is not None:
+            self._idle.set()
+
+    async def _until_idle(self) -> None:
+        while self.in_flight:
+            self._idle = asyncio.Event()
+            await self._idle.wait()
+
+
+_REFUSALS = {
+    "draining": ("the server is shutting down; retry on another replica", "shutting_down"),
+    "engine_dead": ("the engine is unavailable; the server is restarting", "engine_unavailable"),
+}
+
+
+class LifecycleGate:
+    """ASGI middleware: 503 for new requests while draining or after the engine died; counts the rest."""
+
+    def __init__(self, app, lifecycle: Lifecycle):
+        self.app = app
+        self.lifecycle = lifecycle
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] in PASS_THROUGH:
+            return await self.app(scope, receive, send)
+        refusing = self.lifecycle.refusing
+        if refusing is not None:
+            message, code = _REFUSALS[refusing]
+            # Closing the connection moves a keep-alive client on to another replica.
+            await send_error(send, 503, message, code, ((b"retry-after", b"1"), (b"connection", b"close")))
+            return
+        self.lifecycle.enter()
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.lifecycle.leave()

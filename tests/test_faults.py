@@ -1,0 +1,192 @@
+"""Faults, for real: the engine core killed under load, SIGTERM with a stream in flight, the hf
+engine's loop dying. Each server here is its own `llava-o1 serve` subprocess, since each test ends it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import launch_server
+from helpers import API_KEY, MODEL, image_question, wait_for
+from test_admission import SMALL, payload, small_server
+from test_api import body
+
+from models.engine import EngineError, SamplingSettings
+from server.lifecycle import STOPPING_GRACE_S
+
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+# Long enough to be in flight for seconds: the random tiny model writes every stage to its limit.
+LONG = {"beam_width": 4, "max_tokens_per_stage": 400}
+
+
+def tiny_server(tiny_model_dir: Path, env: dict[str, str], log_path: Path, *extra: str):
+    args = ["--model", str(tiny_model_dir), "--served-model-name", MODEL, "--api-key", API_KEY]
+    return launch_server([*args, "--max-model-len", "4096", *extra], env, log_path)
+
+
+def engine_core_pids(server_pid: int) -> list[int]:
+    """The vLLM engine core processes started by the server (named VLLM::EngineCore)."""
+    children = subprocess.run(["pgrep", "-P", str(server_pid)], capture_output=True, text=True).stdout.split()
+    return [int(pid) for pid in children if "EngineCor" in Path(f"/proc/{pid}/comm").read_text()]
+
+
+def post_in_thread(base: str, payload: dict, results: list, timeout: float = 120) -> threading.Thread:
+    """POST in the background; appends (status, json body, seconds it ended at) to results."""
+
+    def run():
+        try:
+            response = httpx.post(f"{base}/v1/chat/completions", json=payload, headers=AUTH, timeout=timeout)
+            answer = response.json() if response.headers.get("content-type") == "application/json" else response.text
+            results.append((response.status_code, answer, time.monotonic()))
+        except httpx.HTTPError as exc:
+            results.append((None, repr(exc), time.monotonic()))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def running_requests(base: str) -> int:
+    try:
+        return httpx.get(f"{base}/health", timeout=2).json().get("running_requests", 0)
+    except (httpx.HTTPError, ValueError):
+        return 0
+
+
+def test_killing_the_engine_core_fails_requests_with_503_and_exits_non_zero(tiny_model_dir, cli_env, tmp_path_factory):
+    log_path = tmp_path_factory.mktemp("engine-death") / "serve.log"
+    proc, base = tiny_server(tiny_model_dir, cli_env, log_path, "--engine-death-exit-after", "2")
+    try:
+        results: list = []
+        threads = [post_in_thread(base, body(reasoning=LONG, max_tokens=None), results) for _ in range(4)]
+        assert wait_for(lambda: running_requests(base) > 0), "the searches never reached the engine"
+        cores = engine_core_pids(proc.pid)
+        assert cores, "no engine core process found"
+        for pid in cores:
+            os.kill(pid, signal.SIGKILL)
+        killed = time.monotonic()
+        for thread in threads:
+            thread.join(timeout=30)
+        assert len(results) == 4 and all(status == 503 for status, _, _ in results), results
+        assert all(error["error"]["code"] == "engine_unavailable" for _, error, _ in results)
+        assert max(ended for _, _, ended in results) - killed < 2.0, "in-flight requests did not end within 2 s"
+        refused = httpx.post(f"{base}/v1/chat/completions", json=body(), headers=AUTH, timeout=10)
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "engine_unavailable"
+        assert httpx.get(f"{base}/health", timeout=5).status_code == 503
+        code = proc.wait(timeout=20)
+        exited = time.monotonic() - killed
+        assert code != 0, "a server whose engine died must exit non-zero, for its supervisor"
+        # 2 s configured, plus noticing (a 0.5 s poll), the HTTP server's stop and the engine's cleanup.
+        assert exited < 12, f"exited {exited:.1f} s after the engine died"
+        assert "the engine died" in log_path.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def read_stream(base: str, payload: dict, lines: list[str], started: threading.Event) -> threading.Thread:
+    def run():
+        try:
+            with httpx.stream(
+                "POST", f"{base}/v1/chat/completions", json=payload, headers=AUTH, timeout=120
+            ) as response:
+                for line in response.iter_lines():
+                    if line:
+                        lines.append(line)
+                        started.set()
+        except httpx.HTTPError as exc:
+            lines.append(f"error: {exc!r}")
+        started.set()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_sigterm_lets_a_stream_in_flight_finish_refuses_new_requests_and_exits_0(
+    tiny_model_dir, cli_env, tmp_path_factory
+):
+    log_path = tmp_path_factory.mktemp("sigterm") / "serve.log"
+    proc, base = tiny_server(tiny_model_dir, cli_env, log_path, "--shutdown-timeout", "60")
+    try:
+        lines: list[str] = []
+        started = threading.Event()
+        stream = read_stream(base, body(stream=True, reasoning=LONG, max_tokens=None), lines, started)
+        assert started.wait(30) and wait_for(lambda: running_requests(base) > 0), lines
+        proc.send_signal(signal.SIGTERM)
+        # While the stream runs on: the health probe and new requests get 503.
+        assert wait_for(lambda: httpx.get(f"{base}/health", timeout=5).status_code == 503, timeout=5)
+        assert httpx.get(f"{base}/health", timeout=5).json()["status"] == "draining"
+        refused = httpx.post(f"{base}/v1/chat/completions", json=body(), headers=AUTH, timeout=10)
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "shutting_down"
+        assert proc.poll() is None and lines[-1] != "data: [DONE]", "the stream ended before the checks"
+        stream.join(timeout=120)
+        assert lines[-1] == "data: [DONE]", lines[-3:]
+        chunks = [json.loads(line[6:]) for line in lines[:-1]]
+        assert not any("error" in chunk for chunk in chunks), chunks[-1]
+        assert chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length")
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_what_outlives_the_shutdown_timeout_gets_503_plain_or_in_band(engine, image_url):
+    """The drain itself, in process on the session engine (the signal's part is tested above)."""
+    settings = replace(SMALL, shutdown_timeout_s=1.0)
+    endless = payload(image_url, beam_width=4, max_tokens_per_stage=3000)
+    endless["model"] = engine.model_name
+    async with small_server(engine, settings) as (app, base), httpx.AsyncClient(base_url=base, timeout=60) as client:
+        lifecycle = app.state.llava_o1.lifecycle
+        plain = asyncio.create_task(client.post("/v1/chat/completions", json=endless))
+        stream = asyncio.create_task(client.post("/v1/chat/completions", json={**endless, "stream": True}))
+        while engine.stats().running_requests < 2:
+            await asyncio.sleep(0.05)
+        drained = time.monotonic()
+        await lifecycle.drain()
+        assert time.monotonic() - drained < 1.0 + STOPPING_GRACE_S + 0.5
+        response = await plain
+        assert response.status_code == 503 and response.json()["error"]["code"] == "shutting_down"
+        streamed = await stream
+        events = [line.removeprefix("data: ") for line in streamed.text.splitlines() if line.startswith("data: ")]
+        assert streamed.status_code == 200 and events[-1] == "[DONE]"
+        assert json.loads(events[-2])["error"]["code"] == "shutting_down"
+        for _ in range(100):
+            if engine.num_unfinished_requests() == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert engine.num_unfinished_requests() == 0, "the cancelled searches left engine work running"
+
+
+async def test_a_dead_hf_engine_loop_fails_its_calls_and_reports_unhealthy(tiny_mllama_dir):
+    from models.hf_engine import HfEngine
+
+    engine = HfEngine.from_pretrained(str(tiny_mllama_dir), model_name="tiny-mllama")
+    try:
+        prompt = engine.render(image_question("q"), "<SUMMARY>")
+        settings = SamplingSettings(n=2, max_tokens=2000, ignore_eos=True, temperature=1.0)
+        call = asyncio.create_task(engine.generate(prompt, settings, job_id="doomed"))
+        await asyncio.sleep(0.5)
+        assert not call.done(), "the generation ended before the fault"
+
+        def fault(*args, **kwargs):
+            raise RuntimeError("injected: the engine loop fails")
+
+        engine._take_calls = fault  # type: ignore[method-assign]  # the loop's next turn raises
+        with pytest.raises(EngineError):
+            await asyncio.wait_for(call, timeout=5)
+        assert not await engine.is_healthy()
+        with pytest.raises(EngineError):
+            await engine.generate(prompt, settings, job_id="after")
+    finally:
+        await engine.shutdown()
