@@ -7,7 +7,7 @@ STAMP := $(VENV)/.llava-o1-installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install tools serve test lint format demo-model clean
+.PHONY: install tools serve test fuzz soak lint format demo-model clean
 
 install: $(STAMP)
 
@@ -31,6 +31,12 @@ serve: install
 
 test: install tools
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Long fuzzing run (schemathesis, from the server's /openapi.json, against a real server): 3,000
+# chat cases by default, FUZZ_CASES=N for more; the suite runs 300 of them.
+FUZZ_CASES ?= 3000
+fuzz: install
+	FUZZ_CASES=$(FUZZ_CASES) $(PY) -m pytest -s -p no:cacheprovider tests/test_fuzz.py
 
 # Lint, format check and type check; configured in pyproject.toml. CI runs it before the tests.
 lint: install

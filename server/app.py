@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from dataclasses import replace
 
 from fastapi import FastAPI
 
@@ -19,6 +20,7 @@ from server.meta_routes import router as meta_router
 from server.metrics import ServerMetrics
 from server.metrics_middleware import ChatMetricsMiddleware
 from server.metrics_route import router as metrics_router
+from server.openapi import publish_limits
 from server.settings import ServerSettings
 from server.state import ServerState
 
@@ -26,6 +28,8 @@ from server.state import ServerState
 def create_app(engine: Engine, settings: ServerSettings | None = None) -> FastAPI:
     """An app serving `engine` (already started; its lifetime is the caller's)."""
     settings = settings or ServerSettings()
+    if settings.max_request_tokens is None:
+        settings = replace(settings, max_request_tokens=engine.max_model_len)
     lifecycle = Lifecycle(
         shutdown_timeout_s=settings.shutdown_timeout_s, engine_death_exit_s=settings.engine_death_exit_s
     )
@@ -56,6 +60,7 @@ def create_app(engine: Engine, settings: ServerSettings | None = None) -> FastAP
         started=time.time(),
         lifecycle=lifecycle,
     )
+    publish_limits(app, settings, app.state.llava_o1.model_names)
     install_error_handlers(app)
     app.include_router(chat_router)
     app.include_router(meta_router)

@@ -56,22 +56,15 @@ async def _messages(request: ChatCompletionRequest, settings: ServerSettings) ->
         )
     converted: list[ChatMessage] = []
     for i, message in enumerate(request.messages):
+        # The request model has checked the content: present for system and user, images only from the user.
         role = "system" if message.role == "developer" else message.role
         if message.content is None or isinstance(message.content, str):
-            if not message.content and role != "assistant":
-                raise APIError(
-                    400, f"messages[{i}] has no content", param=f"messages[{i}].content", code="empty_message"
-                )
             converted.append(ChatMessage(role, message.content or ""))
             continue
         parts = []
         for j, part in enumerate(message.content):
             if isinstance(part, ImagePart):
                 param = f"messages[{i}].content[{j}].image_url"
-                if role != "user":
-                    raise APIError(
-                        400, "images are only accepted in user messages", param=param, code="invalid_image_position"
-                    )
                 parts.append(ChatPart.of_image(await load_image(part.image_url.url, settings.images, param)))
             else:
                 parts.append(ChatPart.of_text(part.text))
@@ -102,6 +95,15 @@ def _search_config(request: ChatCompletionRequest, settings: ServerSettings) -> 
             value = getattr(options, name)
             if value is not None and value != "auto":
                 changes[name] = value
+    limit = settings.max_request_tokens
+    per_stage = changes.get("max_tokens_per_stage")
+    if limit is not None and per_stage is not None and per_stage > limit:
+        raise APIError(
+            400,
+            f"max_tokens_per_stage must be at most {limit}",
+            param="reasoning.max_tokens_per_stage",
+            code="invalid_value",
+        )
     beam_width = changes.get("beam_width", settings.search.beam_width)
     if not 1 <= beam_width <= settings.max_beam_width:
         raise APIError(
@@ -117,10 +119,10 @@ def _search_config(request: ChatCompletionRequest, settings: ServerSettings) -> 
     max_tokens = request.max_completion_tokens or request.max_tokens
     if max_tokens is not None:
         stages = len(settings.search.stages)
-        if max_tokens < stages:
+        if max_tokens < stages or (limit is not None and max_tokens > limit):
             raise APIError(
                 400,
-                f"max_tokens must be at least {stages}: one token for each stage",
+                f"max_tokens must be at least {stages} (one token for each stage) and at most {limit}",
                 param="max_tokens",
                 code="invalid_value",
             )

@@ -26,6 +26,9 @@ COMMANDS: dict[str, Command] = {
     "bench": Command(
         "bench.benchmark", "main", "measure throughput and latency against the published procedure and the engine"
     ),
+    "soak": Command(
+        "bench.soak", "main", "run a long mixed load against a server and report 5xx, engine deaths, memory, leaks"
+    ),
     "eval": Command("bench.evaluate", "main", "score a search strategy on records with known answers"),
     "tiny-model": Command(
         "training.commands", "tiny_model", "build the embedded tiny vision-language model into a folder"

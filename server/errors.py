@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from models.engine import EngineError, InvalidRequestError, PromptTooLongError
-from server.schemas import ErrorInfo, ErrorResponse
+from server.schemas import ROLE_TAGS, ErrorInfo, ErrorResponse
 
 log = logging.getLogger("llava_o1.server")
 
@@ -110,7 +110,9 @@ def _request_param(engine_param: str | None) -> str:
 def _describe_validation(exc: RequestValidationError) -> tuple[str, str | None, str]:
     """The first problem of a request body, as (message, param, code)."""
     problem = exc.errors()[0]
-    loc = [str(p) for p in problem.get("loc", ()) if p != "body"]
+    raw = [p for p in problem.get("loc", ()) if p != "body"]
+    # Drop the branch names of tagged unions (messages.0.user.content is messages.0.content).
+    loc = [str(p) for i, p in enumerate(raw) if not (p in ROLE_TAGS and i > 0 and isinstance(raw[i - 1], int))]
     kind = problem.get("type", "")
     if kind == "json_invalid":
         return (

@@ -37,10 +37,31 @@ class ImagePart(_Strict):
 ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
 
 
-class Message(_Strict):
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[ContentPart] | None = None
+# Written as the server checks them, so that the published schema says what is accepted: system and
+# user messages need content, images come only from the user, an assistant turn may be empty.
+NonEmptyText = Annotated[str, Field(min_length=1)]
+
+
+class SystemMessage(_Strict):
+    role: Literal["system", "developer"]
+    content: NonEmptyText | Annotated[list[TextPart], Field(min_length=1)]
     name: str | None = None
+
+
+class UserMessage(_Strict):
+    role: Literal["user"]
+    content: NonEmptyText | Annotated[list[ContentPart], Field(min_length=1)]
+    name: str | None = None
+
+
+class AssistantMessage(_Strict):
+    role: Literal["assistant"]
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+
+
+Message = Annotated[SystemMessage | UserMessage | AssistantMessage, Field(discriminator="role")]
+ROLE_TAGS = ("system", "developer", "user", "assistant")  # pydantic names the union's branch in errors
 
 
 class StreamOptions(_Strict):
@@ -63,7 +84,10 @@ class ReasoningOptions(_Strict):
 
 class ChatCompletionRequest(_Strict):
     model: str
-    messages: Annotated[list[Message], Field(min_length=1)]
+    messages: Annotated[
+        list[Message],
+        Field(min_length=1, json_schema_extra={"contains": {"properties": {"role": {"const": "user"}}}}),
+    ]
     max_tokens: Annotated[int, Field(ge=1)] | None = None
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None

@@ -64,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument(
         "--max-beam-width", type=int, default=defaults.max_beam_width, help="largest beam_width a request may ask for"
     )
+    server.add_argument(
+        "--max-request-tokens",
+        type=int,
+        default=defaults.max_request_tokens,
+        help="the most max_tokens and reasoning.max_tokens_per_stage a request may ask for (default: the context)",
+    )
     server.add_argument("--max-body-bytes", type=int, default=defaults.max_body_bytes)
     server.add_argument("--max-images", type=int, default=images.max_images, help="images per request")
     server.add_argument("--max-image-pixels", type=int, default=images.max_pixels)
@@ -100,6 +106,7 @@ def settings_from(args: argparse.Namespace) -> ServerSettings:
         api_key=args.api_key or None,
         search=search,
         max_beam_width=args.max_beam_width,
+        max_request_tokens=args.max_request_tokens,
         max_body_bytes=args.max_body_bytes,
         metrics_require_api_key=args.metrics_require_api_key,
         max_concurrent_searches=args.max_concurrent_searches,

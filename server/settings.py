@@ -25,6 +25,9 @@ class ServerSettings:
     api_key: str | None = None
     search: SearchConfig = field(default_factory=SearchConfig)  # defaults a request may override
     max_beam_width: int = 8
+    # The most `max_tokens` and `reasoning.max_tokens_per_stage` a request may ask for; None: the
+    # model's context length (the app fills it in from the engine).
+    max_request_tokens: int | None = None
     max_body_bytes: int = 32 * 1024 * 1024
     metrics_require_api_key: bool = False  # open by default, as most exporters are
     max_concurrent_searches: int = 16

@@ -141,6 +141,23 @@ def server(cli_env, image_host, tiny_model_dir, tmp_path_factory):
     yield from serve_subprocess(args, cli_env, tmp_path_factory.mktemp("server") / "serve.log")
 
 
+# A server with tight limits, for traffic the tests do not choose: the fuzzer and the soak. Every
+# request it accepts is a short search (at most 32 tokens per stage, beam width 4), so none runs
+# into its deadline; its admission limit (2 running, 2 queued) is small enough to overload.
+GUARDED_LIMITS = {"max_concurrent_searches": 2, "max_queue": 2, "max_beam_width": 4, "max_request_tokens": 32}
+
+
+@pytest.fixture(scope="session")
+def guarded_server(cli_env, tiny_model_dir, tmp_path_factory):
+    """`llava-o1 serve` on the random tiny model with GUARDED_LIMITS, as a real subprocess."""
+    args = ["--model", str(tiny_model_dir), "--served-model-name", MODEL, "--api-key", API_KEY]
+    args += ["--max-model-len", "4096", "--max-tokens-per-stage", "16", "--max-images", "2"]
+    args += ["--max-image-pixels", "1000000", "--max-body-bytes", "2000000", "--request-timeout", "120"]
+    for name, value in GUARDED_LIMITS.items():
+        args += ["--" + name.replace("_", "-"), str(value)]
+    yield from serve_subprocess(args, cli_env, tmp_path_factory.mktemp("guarded-server") / "serve.log")
+
+
 @pytest.fixture(scope="session")
 def hf_server(cli_env, tiny_mllama_dir, tmp_path_factory):
     """`llava-o1 serve --engine hf` on the tiny Mllama, as a real subprocess on loopback."""
