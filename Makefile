@@ -36,7 +36,7 @@ test: install tools
 # chat cases by default, FUZZ_CASES=N for more; the suite runs 300 of them.
 FUZZ_CASES ?= 3000
 fuzz: install
-	FUZZ_CASES=$(FUZZ_CASES) $(PY) -m pytest -s -p no:cacheprovider tests/test_fuzz.py
+	FUZZ_CASES=$(FUZZ_CASES) $(PY) -m pytest -s -p no:cacheprovider --timeout=0 tests/test_fuzz.py
 
 # Lint, format check and type check; configured in pyproject.toml. CI runs it before the tests.
 lint: install

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from helpers import API_KEY, MODEL, TEST_ENGINE_OVERRIDES, free_port, shapes_image
+from helpers import API_KEY, GUARDED_LIMITS, MODEL, TEST_ENGINE_OVERRIDES, kill_server, launch_server, shapes_image
 
 
 @pytest.fixture(scope="session")
@@ -141,12 +141,6 @@ def server(cli_env, image_host, tiny_model_dir, tmp_path_factory):
     yield from serve_subprocess(args, cli_env, tmp_path_factory.mktemp("server") / "serve.log")
 
 
-# A server with tight limits, for traffic the tests do not choose: the fuzzer and the soak. Every
-# request it accepts is a short search (at most 32 tokens per stage, beam width 4), so none runs
-# into its deadline; its admission limit (2 running, 2 queued) is small enough to overload.
-GUARDED_LIMITS = {"max_concurrent_searches": 2, "max_queue": 2, "max_beam_width": 4, "max_request_tokens": 32}
-
-
 @pytest.fixture(scope="session")
 def guarded_server(cli_env, tiny_model_dir, tmp_path_factory):
     """`llava-o1 serve` on the random tiny model with GUARDED_LIMITS, as a real subprocess."""
@@ -176,31 +170,6 @@ def hf_server(cli_env, tiny_mllama_dir, tmp_path_factory):
     yield from serve_subprocess(args, cli_env, tmp_path_factory.mktemp("hf-server") / "serve.log")
 
 
-def launch_server(args: list[str], env: dict[str, str], log_path: Path):
-    """Start `llava-o1 serve ARGS` on a free port and wait until healthy: (process, base URL)."""
-    import subprocess
-    import time
-
-    import httpx
-
-    port = free_port()
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            ["llava-o1", "serve", "--port", str(port), *args], env=env, stdout=log, stderr=subprocess.STDOUT
-        )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                return proc, base
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    proc.kill()
-    pytest.fail("server did not become healthy:\n" + log_path.read_text()[-5000:])
-
-
 def serve_subprocess(args: list[str], env: dict[str, str], log_path: Path):
     """Start `llava-o1 serve ARGS` on a free port, wait until healthy, yield its details, stop it
     with SIGINT and check it exits cleanly."""
@@ -213,6 +182,6 @@ def serve_subprocess(args: list[str], env: dict[str, str], log_path: Path):
     try:
         code = proc.wait(timeout=60)
     except subprocess.TimeoutExpired:
-        proc.kill()
+        kill_server(proc)
         raise
     assert code == 0, "server did not stop cleanly:\n" + log_path.read_text()[-3000:]

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
+import os
 import re
 import socket
 import subprocess
 import time
+from pathlib import Path
 
 from PIL import Image
 
 from models.engine import ChatMessage, ChatPart, Engine, SamplingSettings
+from server.settings import ServerSettings
+from stage_search.config import SearchConfig
 
 API_KEY = "sk-test-key"  # the test servers' bearer token
 MODEL = "llava-o1-tiny"  # the name the session's vLLM test server serves the tiny model under
@@ -91,6 +96,11 @@ def question(text: str = "How many shapes?", *urls: str) -> list[dict]:
     return [{"role": "user", "content": [*parts, {"type": "text", "text": text}]}]
 
 
+def chat_body(**changes) -> dict:
+    """A small valid chat request for the session's test servers (greedy, 8 tokens), with changes."""
+    return {"model": MODEL, "messages": question(), "reasoning": {"beam_width": 1}, "max_tokens": 8, **changes}
+
+
 def extra(obj, name):
     """An extension field of an openai client object (e.g. reasoning_content), or None."""
     return (obj.model_extra or {}).get(name)
@@ -129,3 +139,97 @@ def count(image: Image.Image, color: tuple[int, int, int]) -> int:
                     seen.add((px, py))
                     stack += [(px + 1, py), (px - 1, py), (px, py + 1), (px, py - 1)]
     return blobs
+
+
+# -- a server in the test's own event loop, on the session engine -----------------------------------
+
+SMALL = ServerSettings(
+    search=SearchConfig(max_tokens_per_stage=16),
+    max_beam_width=4,
+    max_concurrent_searches=2,
+    max_queue=4,
+    request_timeout_s=60,
+)
+
+
+@contextlib.asynccontextmanager
+async def small_server(engine: Engine, settings: ServerSettings = SMALL):
+    """The app on uvicorn, on loopback, in the running event loop: (app, base URL)."""
+    import uvicorn
+
+    from server.app import create_app
+
+    app = create_app(engine, settings)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.05)
+    try:
+        yield app, f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+def payload(image_url: str, **reasoning) -> dict:
+    """A chat request for one image and a question, with these reasoning options (model to fill in)."""
+    return {
+        "model": "x",
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image_url", "image_url": {"url": image_url}},
+                    {"type": "text", "text": "How many?"},
+                ],
+            }
+        ],
+        "reasoning": reasoning,
+    }
+
+
+# -- `llava-o1 serve` as a subprocess ---------------------------------------------------------------
+
+# A server with tight limits, for traffic the tests do not choose: the fuzzer and the soak. Every
+# request it accepts is a short search (at most 32 tokens per stage, beam width 4), so none runs
+# into its deadline; its admission limit (2 running, 2 queued) is small enough to overload.
+GUARDED_LIMITS = {"max_concurrent_searches": 2, "max_queue": 2, "max_beam_width": 4, "max_request_tokens": 32}
+
+
+def launch_server(args: list[str], env: dict[str, str], log_path: Path) -> tuple[subprocess.Popen, str]:
+    """Start `llava-o1 serve ARGS` on a free port and wait until healthy: (process, base URL)."""
+    import httpx
+    import pytest
+
+    port = free_port()
+    with open(log_path, "w") as log:
+        # Its own process group, so that kill_server takes vLLM's engine processes with it.
+        proc = subprocess.Popen(
+            ["llava-o1", "serve", "--port", str(port), *args],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                return proc, base
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    kill_server(proc)
+    pytest.fail("server did not become healthy:\n" + log_path.read_text()[-5000:])
+
+
+def kill_server(proc: subprocess.Popen) -> None:
+    """SIGKILL a server from launch_server and its whole process group. A SIGKILLed server alone
+    leaves vLLM's engine core and worker running (they do not watch for their parent's death)."""
+    import signal
+
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)

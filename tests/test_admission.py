@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 
 import httpx
 import pytest
-import uvicorn
-from helpers import free_port
+from helpers import payload, small_server
 
 from server.admission import AdmissionController
-from server.app import create_app
 from server.errors import APIError
-from server.settings import ServerSettings
-from stage_search.config import SearchConfig
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -52,45 +47,6 @@ async def test_auto_beam_width_shrinks_as_the_queue_fills():
 
 
 # -- a real server on loopback, sharing the session engine ----------------------------------------
-
-SMALL = ServerSettings(
-    search=SearchConfig(max_tokens_per_stage=16),
-    max_beam_width=4,
-    max_concurrent_searches=2,
-    max_queue=4,
-    request_timeout_s=60,
-)
-
-
-@contextlib.asynccontextmanager
-async def small_server(engine, settings=SMALL):
-    app = create_app(engine, settings)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.05)
-    try:
-        yield app, f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
-
-
-def payload(image_url, **reasoning):
-    return {
-        "model": "x",
-        "messages": [
-            {
-                "role": "user",
-                "content": [
-                    {"type": "image_url", "image_url": {"url": image_url}},
-                    {"type": "text", "text": "How many?"},
-                ],
-            }
-        ],
-        "reasoning": reasoning,
-    }
 
 
 async def test_overload_ends_every_request_in_success_429_or_504(engine, image_url):

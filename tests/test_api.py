@@ -7,7 +7,21 @@ import base64
 import httpx
 import openai
 import pytest
-from helpers import API_KEY, MODEL, REASONING, STAGES, TAGGED, data_url, extra, question, stream_pieces, wait_for
+from helpers import (
+    API_KEY,
+    MODEL,
+    REASONING,
+    STAGES,
+    TAGGED,
+    data_url,
+    extra,
+    question,
+    stream_pieces,
+    wait_for,
+)
+from helpers import (
+    chat_body as body,
+)
 from PIL import Image
 
 
@@ -157,10 +171,6 @@ def test_meta_endpoints(client, http, server):
 # -- errors ---------------------------------------------------------------------------------------
 
 
-def body(**changes) -> dict:
-    return {"model": MODEL, "messages": question(), "reasoning": {"beam_width": 1}, "max_tokens": 8, **changes}
-
-
 def bomb_url() -> str:
     return data_url(Image.new("L", (4000, 4000)))  # 16M pixels, a few KB of PNG
 
@@ -193,7 +203,11 @@ ERROR_CASES = {
         FIRST_IMAGE,
     ),
     "pixel_bomb": (dict(json=body(messages=question("q", "BOMB"))), 400, FIRST_IMAGE),
-    "too_many_images": (dict(json=body(messages=question("q", data_url(), data_url(), data_url()))), 400, "messages"),
+    "too_many_images": (
+        dict(json=body(messages=question("q", data_url(), data_url(), data_url()))),
+        400,
+        "messages",
+    ),
     "body_too_large": (dict(content=b'{"model": "' + b"x" * 2_100_000 + b'"}'), 413, None),
     "prompt_too_long": (dict(json=body(messages=question("word " * 5000))), 400, "messages"),
     # About a million characters: vLLM refuses it on its length in characters, before tokenizing.
@@ -206,8 +220,16 @@ ERROR_CASES = {
     "max_tokens_below_stages": (dict(json=body(max_tokens=2)), 400, "max_tokens"),
     "bad_temperature": (dict(json=body(temperature=5)), 400, "temperature"),
     "remote_loopback": (dict(json=body(messages=question("q", "http://127.0.0.1:9/x.png"))), 400, FIRST_IMAGE),
-    "remote_localhost_name": (dict(json=body(messages=question("q", "http://localhost:1/x.png"))), 400, FIRST_IMAGE),
-    "remote_link_local": (dict(json=body(messages=question("q", "http://169.254.169.254/latest"))), 400, FIRST_IMAGE),
+    "remote_localhost_name": (
+        dict(json=body(messages=question("q", "http://localhost:1/x.png"))),
+        400,
+        FIRST_IMAGE,
+    ),
+    "remote_link_local": (
+        dict(json=body(messages=question("q", "http://169.254.169.254/latest"))),
+        400,
+        FIRST_IMAGE,
+    ),
     "remote_too_large": (dict(json=body(messages=question("q", "http://IMAGE_HOST/big.png"))), 400, FIRST_IMAGE),
     "remote_too_slow": (dict(json=body(messages=question("q", "http://IMAGE_HOST/slow.png"))), 400, FIRST_IMAGE),
     "bad_url_scheme": (dict(json=body(messages=question("q", "file:///etc/passwd"))), 400, FIRST_IMAGE),

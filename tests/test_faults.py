@@ -15,10 +15,18 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import launch_server
-from helpers import API_KEY, MODEL, image_question, wait_for
-from test_admission import SMALL, payload, small_server
-from test_api import body
+from helpers import (
+    API_KEY,
+    MODEL,
+    SMALL,
+    chat_body,
+    image_question,
+    kill_server,
+    launch_server,
+    payload,
+    small_server,
+    wait_for,
+)
 
 from models.engine import EngineError, SamplingSettings
 from server.lifecycle import STOPPING_GRACE_S
@@ -67,7 +75,7 @@ def test_killing_the_engine_core_fails_requests_with_503_and_exits_non_zero(tiny
     proc, base = tiny_server(tiny_model_dir, cli_env, log_path, "--engine-death-exit-after", "2")
     try:
         results: list = []
-        threads = [post_in_thread(base, body(reasoning=LONG, max_tokens=None), results) for _ in range(4)]
+        threads = [post_in_thread(base, chat_body(reasoning=LONG, max_tokens=None), results) for _ in range(4)]
         assert wait_for(lambda: running_requests(base) > 0), "the searches never reached the engine"
         cores = engine_core_pids(proc.pid)
         assert cores, "no engine core process found"
@@ -79,7 +87,7 @@ def test_killing_the_engine_core_fails_requests_with_503_and_exits_non_zero(tiny
         assert len(results) == 4 and all(status == 503 for status, _, _ in results), results
         assert all(error["error"]["code"] == "engine_unavailable" for _, error, _ in results)
         assert max(ended for _, _, ended in results) - killed < 2.0, "in-flight requests did not end within 2 s"
-        refused = httpx.post(f"{base}/v1/chat/completions", json=body(), headers=AUTH, timeout=10)
+        refused = httpx.post(f"{base}/v1/chat/completions", json=chat_body(), headers=AUTH, timeout=10)
         assert refused.status_code == 503 and refused.json()["error"]["code"] == "engine_unavailable"
         assert httpx.get(f"{base}/health", timeout=5).status_code == 503
         code = proc.wait(timeout=20)
@@ -90,7 +98,7 @@ def test_killing_the_engine_core_fails_requests_with_503_and_exits_non_zero(tiny
         assert "the engine died" in log_path.read_text()
     finally:
         if proc.poll() is None:
-            proc.kill()
+            kill_server(proc)
 
 
 def read_stream(base: str, payload: dict, lines: list[str], started: threading.Event) -> threading.Thread:
@@ -120,13 +128,13 @@ def test_sigterm_lets_a_stream_in_flight_finish_refuses_new_requests_and_exits_0
     try:
         lines: list[str] = []
         started = threading.Event()
-        stream = read_stream(base, body(stream=True, reasoning=LONG, max_tokens=None), lines, started)
+        stream = read_stream(base, chat_body(stream=True, reasoning=LONG, max_tokens=None), lines, started)
         assert started.wait(30) and wait_for(lambda: running_requests(base) > 0), lines
         proc.send_signal(signal.SIGTERM)
         # While the stream runs on: the health probe and new requests get 503.
         assert wait_for(lambda: httpx.get(f"{base}/health", timeout=5).status_code == 503, timeout=5)
         assert httpx.get(f"{base}/health", timeout=5).json()["status"] == "draining"
-        refused = httpx.post(f"{base}/v1/chat/completions", json=body(), headers=AUTH, timeout=10)
+        refused = httpx.post(f"{base}/v1/chat/completions", json=chat_body(), headers=AUTH, timeout=10)
         assert refused.status_code == 503 and refused.json()["error"]["code"] == "shutting_down"
         assert proc.poll() is None and lines[-1] != "data: [DONE]", "the stream ended before the checks"
         stream.join(timeout=120)
@@ -137,7 +145,7 @@ def test_sigterm_lets_a_stream_in_flight_finish_refuses_new_requests_and_exits_0
         assert proc.wait(timeout=60) == 0
     finally:
         if proc.poll() is None:
-            proc.kill()
+            kill_server(proc)
 
 
 @pytest.mark.asyncio(loop_scope="session")

@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 
-from conftest import GUARDED_LIMITS
-from helpers import API_KEY
+from helpers import API_KEY, GUARDED_LIMITS
 
 
 def test_a_short_soak_at_twice_the_admission_limit_passes_every_check(guarded_server, cli_env):
