@@ -168,9 +168,12 @@ async def _sse(
     clock = _FirstStageClock(request)
     yield chunk([ChunkChoice(delta=ChunkDelta(role="assistant", content=""))])
     try:
-        async with slot, asyncio.timeout_at(deadline):
-            events = stream_search(state.engine, job.messages, job.config, job_id=completion_id)
-            async for event in state.lifecycle.unless_stopping(events):
+        events = stream_search(state.engine, job.messages, job.config, job_id=completion_id)
+        # Closed on the way out, whatever the way: a client that leaves must stop the search now,
+        # not when the garbage collector gets to the abandoned generators.
+        guarded = state.lifecycle.unless_stopping(events)
+        async with slot, asyncio.timeout_at(deadline), contextlib.aclosing(guarded):
+            async for event in guarded:
                 clock(event)
                 for piece in writer.pieces(event):
                     delta = (

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -78,17 +78,17 @@ class Lifecycle:
                 pass  # the HTTP server cancels what is left
         self.stop()
 
-    async def unless_stopping(self, events: AsyncIterator[T]) -> AsyncIterator[T]:
-        """`events` as they come, until the shutdown timeout passes: then it closes them (which
-        cancels the search behind them) and raises ServerShuttingDown."""
+    async def unless_stopping(self, events: AsyncGenerator[T, None]) -> AsyncGenerator[T, None]:
+        """`events` as they come, until the shutdown timeout passes: then ServerShuttingDown. However
+        it ends (that, the client leaving, an error), `events` is closed, which cancels the search
+        behind them and aborts its engine work."""
         stopping = asyncio.ensure_future(self._stopping.wait())
+        following: asyncio.Future[T] | None = None
         try:
             while True:
                 following = asyncio.ensure_future(anext(events))
                 await asyncio.wait({following, stopping}, return_when=asyncio.FIRST_COMPLETED)
                 if not following.done():
-                    following.cancel()
-                    await asyncio.gather(following, return_exceptions=True)
                     raise ServerShuttingDown()
                 try:
                     event = following.result()
@@ -97,6 +97,11 @@ class Lifecycle:
                 yield event
         finally:
             stopping.cancel()
+            # The wait for the next event runs in a task of its own: a cancelled caller must stop it.
+            if following is not None and not following.done():
+                following.cancel()
+                await asyncio.gather(following, return_exceptions=True)
+            await events.aclose()
 
     async def watch_engine(self, engine: Engine) -> None:
         """Poll the engine's health; once it fails, refuse everything and exit non-zero soon after."""

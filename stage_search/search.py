@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 
 from models.engine import ChatMessage, Engine
 from stage_search.config import SearchConfig
@@ -42,7 +42,7 @@ async def run_search(
 
 async def stream_search(
     engine: Engine, messages: Sequence[ChatMessage], config: SearchConfig, *, job_id: str | None = None
-) -> AsyncIterator[SearchEvent]:
+) -> AsyncGenerator[SearchEvent, None]:
     """Yield events as the search makes them, ending with SearchFinished.
 
     Closing the iterator early (a client went away) cancels the search and aborts its engine work.
