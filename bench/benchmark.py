@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 
-from bench.load import Sample, drive_in_subprocess, run_pool, synthetic_questions
+from bench.load import Sample, auth_headers, drive_in_subprocess, run_pool, synthetic_questions
 from bench.report import Level, markdown_table, mode_result, plot, ratios
 
 if TYPE_CHECKING:
@@ -72,7 +72,7 @@ async def serving(args: argparse.Namespace, plan: Plan, config: SearchConfig) ->
     """The server under test: `--url`, or an engine started here with our HTTP server on loopback."""
     if args.url:
         base_url = args.url.rstrip("/").removesuffix("/v1")
-        model = httpx.get(base_url + "/v1/models", headers=_auth(args)).json()["data"][0]["id"]
+        model = httpx.get(base_url + "/v1/models", headers=auth_headers(args.api_key)).json()["data"][0]["id"]
         yield Target(base_url, model)
         return
     import uvicorn
@@ -244,10 +244,6 @@ async def bench(args: argparse.Namespace) -> dict:
     results["date"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     results["command"] = "llava-o1 bench " + " ".join(args.argv)
     return results
-
-
-def _auth(args: argparse.Namespace) -> dict[str, str]:
-    return {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
 
 
 def _free_port() -> int:

@@ -88,10 +88,11 @@ async def _score_over_http(args, records: list[dict], cells: list[tuple[str, int
 
     import httpx
 
+    from bench.load import auth_headers
+
     base = args.url.rstrip("/").removesuffix("/v1")
-    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     limit = asyncio.Semaphore(args.concurrency)
-    async with httpx.AsyncClient(base_url=base, headers=headers, timeout=600) as client:
+    async with httpx.AsyncClient(base_url=base, headers=auth_headers(args.api_key), timeout=600) as client:
         model = (await client.get("/v1/models")).json()["data"][0]["id"]
 
         async def one(record: dict, strategy: str, width: int) -> dict:

@@ -36,6 +36,11 @@ class Sample:
     candidate_tokens: int
 
 
+def auth_headers(api_key: str | None) -> dict[str, str]:
+    """The bearer-token header for a server that wants one (none without a key)."""
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
 def synthetic_questions(count: int, seed: int = 0) -> list[tuple[str, str]]:
     """(data URL, question) pairs: shapes on a canvas, and a question about them."""
     from PIL import Image, ImageDraw
@@ -121,9 +126,10 @@ async def drive(args: argparse.Namespace) -> dict:
     """One concurrency level of `ours` against the server at args.base_url (args.requests from the
     question list, then args.warmup more not counted, run first)."""
     questions = synthetic_questions(args.requests + args.warmup, seed=args.data_seed)
-    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     limits = httpx.Limits(max_connections=max(args.concurrency, args.warmup) + 4)
-    async with httpx.AsyncClient(base_url=args.base_url, timeout=600, headers=headers, limits=limits) as client:
+    async with httpx.AsyncClient(
+        base_url=args.base_url, timeout=600, headers=auth_headers(args.api_key), limits=limits
+    ) as client:
         ask = lambda i: ours_request(client, args.model, *questions[i], args.beam_width, args.max_tokens_per_stage)
         if args.warmup:
             # The first requests pay one-off costs (compilation, caches).

@@ -31,7 +31,7 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.load import synthetic_questions
+from bench.load import auth_headers, synthetic_questions
 
 CHAT = "/v1/chat/completions"
 # The mix: kind -> weight.
@@ -79,7 +79,6 @@ class Soak:
         self.questions = synthetic_questions(64, seed=args.seed)
         self.bad = bad_bodies(model, self.questions[0][0])
         self.seen = Observed()
-        self.headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
 
     def body(self, rng: random.Random, kind: str, index: int) -> dict:
         image_url, question = rng.choice(self.questions)
@@ -115,20 +114,20 @@ class Soak:
         if kind == "bad":
             name, bad = rng.choice(self.bad)
             sent = {"content": bad} if isinstance(bad, bytes) else {"json": bad}
-            response = await http.post(CHAT, headers={**self.headers, "Content-Type": "application/json"}, **sent)
+            response = await http.post(CHAT, headers={"Content-Type": "application/json"}, **sent)
             return self.judge(response.status_code, response.text, name), response.status_code
         body = self.body(rng, kind, index)
         if kind == "plain_hangup":
             try:
-                response = await http.post(CHAT, json=body, headers=self.headers, timeout=rng.uniform(0.2, 1.0))
+                response = await http.post(CHAT, json=body, timeout=rng.uniform(0.2, 1.0))
             except httpx.TimeoutException:
                 self.seen.gave_up += 1
                 return "hung_up", 0
             return self.judge(response.status_code, response.text, kind), response.status_code
         if not body["stream"]:
-            response = await http.post(CHAT, json=body, headers=self.headers)
+            response = await http.post(CHAT, json=body)
             return self.judge(response.status_code, response.text, kind), response.status_code
-        async with http.stream("POST", CHAT, json=body, headers=self.headers) as response:
+        async with http.stream("POST", CHAT, json=body) as response:
             if response.status_code != 200:
                 text = (await response.aread()).decode(errors="replace")
                 return self.judge(response.status_code, text, kind), response.status_code
@@ -199,11 +198,12 @@ def engine_processes(pid: int) -> set[int]:
 
 async def run(args: argparse.Namespace) -> dict:
     limits = httpx.Limits(max_connections=args.clients + 4, max_keepalive_connections=args.clients + 4)
-    async with httpx.AsyncClient(base_url=args.url, timeout=args.request_timeout, limits=limits) as http:
-        headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
-        model = (await http.get("/v1/models", headers=headers)).json()["data"][0]["id"]
+    async with httpx.AsyncClient(
+        base_url=args.url, timeout=args.request_timeout, limits=limits, headers=auth_headers(args.api_key)
+    ) as http:
+        model = (await http.get("/v1/models")).json()["data"][0]["id"]
         soak = Soak(args, model)
-        before = requests_by_outcome((await http.get("/metrics", headers=headers)).text)
+        before = requests_by_outcome((await http.get("/metrics")).text)
         pid = args.server_pid
         rss_start = process_tree_rss(pid) if pid else None
         engines_start = engine_processes(pid) if pid else set()
@@ -226,7 +226,7 @@ async def run(args: argparse.Namespace) -> dict:
                 break
             await asyncio.sleep(0.25)
         await asyncio.sleep(0.5)  # the last requests' metrics are recorded as their responses end
-        after = requests_by_outcome((await http.get("/metrics", headers=headers)).text)
+        after = requests_by_outcome((await http.get("/metrics")).text)
         rss_end = process_tree_rss(pid) if pid else None
         engines_end = engine_processes(pid) if pid else set()
     server = after - before
