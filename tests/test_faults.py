@@ -128,8 +128,12 @@ def test_sigterm_lets_a_stream_in_flight_finish_refuses_new_requests_and_exits_0
     try:
         lines: list[str] = []
         started = threading.Event()
-        stream = read_stream(base, chat_body(stream=True, reasoning=LONG, max_tokens=None), lines, started)
-        assert started.wait(30) and wait_for(lambda: running_requests(base) > 0), lines
+        # Several seconds of search: the checks below run while it is still streaming.
+        long_stream = chat_body(stream=True, reasoning={"beam_width": 4, "max_tokens_per_stage": 1000}, max_tokens=None)
+        stream = read_stream(base, long_stream, lines, started)
+        # Its first chunk has arrived: the stream is in flight (the engine's load figures, polled
+        # through /health, can miss a busy moment on a loaded machine).
+        assert started.wait(30), lines
         proc.send_signal(signal.SIGTERM)
         # While the stream runs on: the health probe and new requests get 503.
         assert wait_for(lambda: httpx.get(f"{base}/health", timeout=5).status_code == 503, timeout=5)
