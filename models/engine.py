@@ -93,6 +93,44 @@ class SamplingSettings:
     # True: fill Candidate.cumulative_logprob. Off by default: vLLM then skips a per-token log-softmax
     # and detokenised logprob record that nothing in the search reads (docs/benchmarks.md).
     logprobs: bool = False
+    # A client's own sampling controls (OpenAI's and vLLM's request fields of the same names).
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    top_k: int = 0  # 0: off
+    min_p: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias) pairs
+    # Fill Candidate.token_logprobs, with this many most likely alternatives per token (None: off).
+    token_logprobs: int | None = None
+    # Structured output: the text must be JSON matching this schema ({}: any JSON object).
+    json_schema: dict | None = None
+
+    @property
+    def client_controls(self) -> dict[str, object]:
+        """The client's controls that differ from their no-effect defaults, by name."""
+        return {n: getattr(self, n) for n in _CLIENT_CONTROLS if getattr(self, n) != getattr(_NO_CONTROLS, n)}
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One sampled token, its log-probability, and the most likely alternatives at its place."""
+
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
+
+
+_NO_CONTROLS = SamplingSettings()
+_CLIENT_CONTROLS = (
+    "presence_penalty",
+    "frequency_penalty",
+    "repetition_penalty",
+    "top_k",
+    "min_p",
+    "logit_bias",
+    "token_logprobs",
+    "json_schema",
+)
 
 
 @dataclass(frozen=True)
@@ -105,6 +143,8 @@ class Candidate:
     finish_reason: FinishReason
     # The stop string that ended the candidate when finish_reason == "stop" (None for end-of-turn).
     stop_reason: str | None = None
+    # Per token, when SamplingSettings.token_logprobs asked for them.
+    token_logprobs: tuple[TokenLogprob, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -195,6 +235,10 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     async def choose(self, prompt: Prompt, options: Sequence[str], *, job_id: str, priority: int = 0) -> ChoiceResult:
         """Probabilities of each option (each exactly one token) as the next token, summing to 1."""
+
+    @abc.abstractmethod
+    def count_tokens(self, text: str) -> int:
+        """How many tokens `text` is, as the model's tokenizer splits it (no special tokens)."""
 
     @abc.abstractmethod
     async def abort(self, job_id: str) -> None:

@@ -95,6 +95,14 @@ def engine_args_from(namespace: argparse.Namespace, model: str) -> AsyncEngineAr
     namespace = argparse.Namespace(**vars(namespace))
     namespace.model = model
     engine_args = AsyncEngineArgs.from_cli_args(namespace)
+    # Compact JSON under response_format (no whitespace between JSON tokens): a small model can
+    # otherwise pad with whitespace until its token limit cuts the JSON. vLLM allows that only with a
+    # named backend; "auto" becomes xgrammar, the one auto tries first.
+    structured = engine_args.structured_outputs_config
+    if structured.backend == "auto":
+        structured.backend = "xgrammar"
+    if structured.backend in ("xgrammar", "guidance"):
+        structured.disable_any_whitespace = True
     if not has_gpu():
         apply_cpu_defaults(engine_args)
     return engine_args

@@ -152,6 +152,11 @@ class HfEngine(Engine):
     async def generate(
         self, prompt: Prompt, settings: SamplingSettings, *, job_id: str, priority: int = 0
     ) -> Generation:
+        unsupported = settings.client_controls
+        if unsupported:
+            # Its sampler is ours (temperature, top-p, seed, stop); these need vLLM's.
+            name = next(iter(unsupported))
+            raise InvalidRequestError(f"{name} is not supported by the hf engine; serve with the vLLM engine", name)
         aborted = lambda: Generation(tuple(Candidate("", 0, None, "abort") for _ in range(settings.n)), 0, 0)
         result = await self._submit(job_id, priority, lambda: self._start_group(prompt, settings, job_id), aborted)
         assert isinstance(result, Generation)
@@ -162,6 +167,9 @@ class HfEngine(Engine):
         result = await self._submit(job_id, priority, lambda: self._choose(prompt, list(options), spellings), None)
         assert isinstance(result, ChoiceResult)
         return result
+
+    def count_tokens(self, text: str) -> int:
+        return len(self._tokenizer.encode(text, add_special_tokens=False))
 
     async def abort(self, job_id: str) -> None:
         with self._lock:

@@ -27,6 +27,7 @@ from models.engine import (
     PromptTooLongError,
     SamplingSettings,
     StreamDelta,
+    TokenLogprob,
 )
 from models.image_digest import image_digest
 from models.option_tokens import OptionTokens
@@ -52,7 +53,8 @@ class VllmEngine(Engine):
         self._stats = stats
         self.model_name = model_name
         self.max_model_len = llm.model_config.max_model_len
-        self._options = OptionTokens(llm.get_tokenizer())
+        self._tokenizer = llm.get_tokenizer()
+        self._options = OptionTokens(self._tokenizer)
         self._ids = itertools.count()
         self._requests_by_job: dict[str, set[str]] = defaultdict(set)
         self._closed = False
@@ -110,7 +112,8 @@ class VllmEngine(Engine):
             settings = dataclasses.replace(settings, n=1)
         # Only the final output: the cumulative kind streams one completion at a time for n > 1.
         final = await self._final(prompt, _sampling_params(settings, RequestOutputKind.FINAL_ONLY), job_id, priority)
-        candidates = tuple(_candidate(c) for c in sorted(final.outputs, key=lambda c: c.index))
+        top = settings.token_logprobs
+        candidates = tuple(_candidate(c, top) for c in sorted(final.outputs, key=lambda c: c.index))
         return Generation(candidates * copies, _prompt_tokens(final), final.num_cached_tokens or 0)
 
     async def stream(
@@ -121,13 +124,24 @@ class VllmEngine(Engine):
         if settings.n != 1:
             raise ValueError("stream samples exactly one candidate")
         text, tokens = "", 0
+        top = settings.token_logprobs
+        logprobs: list[TokenLogprob] = []
         async for output in self._run(prompt, _sampling_params(settings, RequestOutputKind.DELTA), job_id, priority):
             piece = output.outputs[0]
             text += piece.text
             tokens += len(piece.token_ids)
+            if top is not None:
+                logprobs += _token_logprobs(piece.token_ids, piece.logprobs, top)
             if output.finished:
                 done = _candidate(piece)
-                candidate = Candidate(text, tokens, done.cumulative_logprob, done.finish_reason, done.stop_reason)
+                candidate = Candidate(
+                    text,
+                    tokens,
+                    done.cumulative_logprob,
+                    done.finish_reason,
+                    done.stop_reason,
+                    None if top is None else tuple(logprobs),
+                )
                 yield StreamDelta(piece.text, candidate, _prompt_tokens(output), output.num_cached_tokens or 0)
             elif piece.text:
                 yield StreamDelta(piece.text)
@@ -203,6 +217,9 @@ class VllmEngine(Engine):
         if not produced:
             raise EngineError(f"the engine returned nothing for {request_id}")
 
+    def count_tokens(self, text: str) -> int:
+        return len(self._tokenizer.encode(text, add_special_tokens=False))
+
     async def abort(self, job_id: str) -> None:
         request_ids = list(self._requests_by_job.get(job_id, ()))
         if request_ids and not self._closed:
@@ -240,6 +257,7 @@ class VllmEngine(Engine):
 # input processor words the same check differently.
 _PROMPT_LENGTH_PARAMS = {"input_text", "input_tokens", "prompt_token_ids"}
 _PROMPT_LENGTH_WORDS = ("maximum context length", "maximum model length")
+_STRUCTURED_OUTPUT_WORDS = ("json schema", "grammar", "structured output")
 
 
 def _refusal(exc: Exception) -> InvalidRequestError:
@@ -248,12 +266,28 @@ def _refusal(exc: Exception) -> InvalidRequestError:
     message = str(exc)
     if param in _PROMPT_LENGTH_PARAMS or any(words in message for words in _PROMPT_LENGTH_WORDS):
         return PromptTooLongError(message)
+    if param is None and any(words in message.lower() for words in _STRUCTURED_OUTPUT_WORDS):
+        param = "json_schema"  # vLLM's structured-output checks name no parameter
     return InvalidRequestError(message, param=param)
 
 
 def _sampling_params(settings: SamplingSettings, output_kind: RequestOutputKind) -> SamplingParams:
     from vllm import SamplingParams
+    from vllm.sampling_params import StructuredOutputsParams
 
+    if settings.token_logprobs is not None:
+        logprobs: int | None = settings.token_logprobs
+    else:
+        logprobs = 0 if settings.logprobs else None  # 0: the sampled token's, for cumulative_logprob
+    structured = None
+    if settings.json_schema is not None:
+        # An empty schema is "any JSON object" (OpenAI's json_object), which vLLM names apart.
+        # Whitespace is the engine's setting (models/engine_config.py: compact JSON).
+        structured = (
+            StructuredOutputsParams(json=settings.json_schema)
+            if settings.json_schema
+            else StructuredOutputsParams(json_object=True)
+        )
     return SamplingParams(
         n=settings.n,
         max_tokens=settings.max_tokens,
@@ -261,21 +295,43 @@ def _sampling_params(settings: SamplingSettings, output_kind: RequestOutputKind)
         top_p=settings.top_p,
         seed=settings.seed,
         stop=list(settings.stop) or None,
-        logprobs=0 if settings.logprobs else None,  # 0: the sampled token's, for cumulative_logprob
+        logprobs=logprobs,
         output_kind=output_kind,
         skip_reading_prefix_cache=not settings.use_prefix_cache,
         ignore_eos=settings.ignore_eos,
+        presence_penalty=settings.presence_penalty,
+        frequency_penalty=settings.frequency_penalty,
+        repetition_penalty=settings.repetition_penalty,
+        top_k=settings.top_k,
+        min_p=settings.min_p,
+        logit_bias=dict(settings.logit_bias) or None,
+        structured_outputs=structured,
     )
 
 
-def _candidate(completion: CompletionOutput) -> Candidate:
+def _candidate(completion: CompletionOutput, top_logprobs: int | None = None) -> Candidate:
     return Candidate(
         text=completion.text,
         num_tokens=len(completion.token_ids),
         cumulative_logprob=completion.cumulative_logprob,
         finish_reason=_finish_reason(completion.finish_reason),
         stop_reason=completion.stop_reason if isinstance(completion.stop_reason, str) else None,
+        token_logprobs=(
+            None if top_logprobs is None else _token_logprobs(completion.token_ids, completion.logprobs, top_logprobs)
+        ),
     )
+
+
+def _token_logprobs(token_ids: Sequence[int], steps, top: int) -> tuple[TokenLogprob, ...]:
+    """From vLLM's per-step {token id: Logprob}: the sampled token, and the `top` most likely ones
+    (vLLM adds the sampled token to those when it is not among them)."""
+    out = []
+    for token_id, step in zip(token_ids, steps or (), strict=False):
+        sampled = step[token_id]
+        ranked = sorted((lp for lp in step.values() if lp.rank is not None and lp.rank <= top), key=lambda lp: lp.rank)
+        alternatives = tuple((lp.decoded_token or "", lp.logprob) for lp in ranked)
+        out.append(TokenLogprob(sampled.decoded_token or "", sampled.logprob, alternatives))
+    return tuple(out)
 
 
 def _finish_reason(reason: str | None) -> FinishReason:

@@ -35,9 +35,8 @@ class AdmissionController:
     def retry_after_s(self) -> int:
         return max(1, self.queued // self.max_concurrent + 1)
 
-    @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        """Hold a search slot for the duration of the block; wait in the queue or be refused (429)."""
+    def check_capacity(self) -> None:
+        """Refuse (429) when every slot is busy and the queue is full."""
         if self.active >= self.max_concurrent and self.queued >= self.max_queue:
             raise APIError(
                 429,
@@ -45,21 +44,51 @@ class AdmissionController:
                 code="server_overloaded",
                 headers={"Retry-After": str(self.retry_after_s())},
             )
-        self.queued += 1
-        self._changed()
-        try:
-            await self._slots.acquire()
-        finally:
-            self.queued -= 1
-            self._changed()
-        self.active += 1
-        self._changed()
-        try:
-            yield
-        finally:
-            self.active -= 1
-            self._slots.release()
-            self._changed()
+
+    def ticket(self) -> Ticket:
+        """A place in the queue, taken now (or 429); `admitted()` later waits for the slot."""
+        return Ticket(self)
+
+    def slot(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """Hold a search slot for the duration of the block; wait in the queue or be refused (429)."""
+        return Ticket(self).admitted()
 
     def _changed(self) -> None:
         self._on_change(self.active, self.queued)
+
+
+class Ticket:
+    """A request's place in the queue. Taken at once, so that a stream, which answers 200 before it
+    waits for its slot, is refused (429) while it still can be; `cancel()` gives the place back if
+    the slot is never waited for (idempotent, and a no-op once admitted)."""
+
+    def __init__(self, controller: AdmissionController):
+        controller.check_capacity()
+        self._controller = controller
+        self._queued = True
+        controller.queued += 1
+        controller._changed()
+
+    def cancel(self) -> None:
+        if self._queued:
+            self._queued = False
+            self._controller.queued -= 1
+            self._controller._changed()
+
+    @contextlib.asynccontextmanager
+    async def admitted(self) -> AsyncIterator[None]:
+        controller = self._controller
+        if not self._queued:
+            raise RuntimeError("this ticket was cancelled or used")
+        try:
+            await controller._slots.acquire()
+        finally:
+            self.cancel()
+        controller.active += 1
+        controller._changed()
+        try:
+            yield
+        finally:
+            controller.active -= 1
+            controller._slots.release()
+            controller._changed()

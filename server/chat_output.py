@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from server.schemas import ResponseMessage
+from server.schemas import ChoiceLogprobs, ChunkDelta, ResponseMessage, TokenLogprobInfo, TopLogprob
 from stage_search.events import SearchEvent, StageDecided, StageDelta, StageStarted
 from stage_search.stages import STAGE_SEPARATOR, StageSet
 from stage_search.trace import SearchResult
@@ -38,7 +38,31 @@ def whole_message(result: SearchResult, stages: StageSet, output: str) -> Respon
         ):
             for piece in writer.pieces(event):
                 fields[piece.field] += piece.text
-    return ResponseMessage(content=fields["content"], reasoning_content=fields["reasoning_content"] or None)
+    reasoning = fields["reasoning_content"] or None
+    return ResponseMessage(content=fields["content"], reasoning_content=reasoning, reasoning=reasoning)
+
+
+def delta_of(piece: Piece) -> ChunkDelta:
+    """A stream delta carrying one piece; reasoning goes under both of its names."""
+    if piece.field == "content":
+        return ChunkDelta(stage=piece.stage, content=piece.text)
+    return ChunkDelta(stage=piece.stage, reasoning_content=piece.text, reasoning=piece.text)
+
+
+def choice_logprobs(result: SearchResult) -> ChoiceLogprobs | None:
+    """OpenAI's `logprobs.content`: the final stage's tokens, each with its top alternatives."""
+    if result.answer_logprobs is None:
+        return None
+
+    def info(token: str, logprob: float) -> dict:
+        return {"token": token, "logprob": logprob, "bytes": list(token.encode())}
+
+    return ChoiceLogprobs(
+        content=[
+            TokenLogprobInfo(**info(t.token, t.logprob), top_logprobs=[TopLogprob(**info(*alt)) for alt in t.top])
+            for t in result.answer_logprobs
+        ]
+    )
 
 
 class StageTextWriter:

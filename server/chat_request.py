@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from models.engine import ChatMessage, ChatPart
 from server.errors import APIError
 from server.images import load_image
-from server.schemas import ChatCompletionRequest, ImagePart
+from server.schemas import ChatCompletionRequest, ImagePart, ResponseFormatJsonObject, ResponseFormatJsonSchema
 from server.settings import ServerSettings
+from stage_search.answer_options import ONE_PIECE_FINAL, AnswerOptions
 from stage_search.config import SearchConfig
 
 
@@ -21,6 +22,8 @@ class ChatJob:
     include_usage: bool
     auto_beam_width: bool  # beam_width "auto": the route sets it from the load at admission
     timeout_s: float
+    n: int = 1  # independent searches, one per choice
+    effort: str | None = None  # the reasoning_effort asked for, if any
 
 
 async def to_chat_job(request: ChatCompletionRequest, settings: ServerSettings, model_names: list[str]) -> ChatJob:
@@ -42,7 +45,16 @@ async def to_chat_job(request: ChatCompletionRequest, settings: ServerSettings, 
         timeout_s=(
             request.reasoning.timeout if request.reasoning and request.reasoning.timeout else settings.request_timeout_s
         ),
+        n=_choices(request, settings),
+        effort=request.reasoning_effort,
     )
+
+
+def _choices(request: ChatCompletionRequest, settings: ServerSettings) -> int:
+    n = request.n or 1
+    if n > settings.max_n:
+        raise APIError(400, f"n must be at most {settings.max_n}", param="n", code="invalid_value")
+    return n
 
 
 async def _messages(request: ChatCompletionRequest, settings: ServerSettings) -> list[ChatMessage]:
@@ -87,9 +99,26 @@ def _text_of(message: ChatMessage) -> str:
     return " ".join(p.text for p in message.content if p.type == "text")
 
 
+# reasoning_effort -> (strategy, beam width); None: the server's --max-beam-width. Widths are
+# capped at --max-beam-width. The `reasoning` object's own fields win over these.
+EFFORTS: dict[str, tuple[str, int | None]] = {
+    "none": ("none", 1),
+    "minimal": ("none", 1),
+    "low": ("stage", 2),
+    "medium": ("stage", 4),
+    "high": ("stage", 8),
+    "xhigh": ("stage", None),
+    "max": ("stage", None),
+}
+
+
 def _search_config(request: ChatCompletionRequest, settings: ServerSettings) -> SearchConfig:
     options = request.reasoning
     changes: dict = {}
+    if request.reasoning_effort is not None:
+        strategy, width = EFFORTS[request.reasoning_effort]
+        changes["strategy"] = strategy
+        changes["beam_width"] = min(width or settings.max_beam_width, settings.max_beam_width)
     if options is not None:
         for name in ("strategy", "judge", "debias", "stage_prompt", "max_tokens_per_stage", "beam_width"):
             value = getattr(options, name)
@@ -127,7 +156,48 @@ def _search_config(request: ChatCompletionRequest, settings: ServerSettings) -> 
                 code="invalid_value",
             )
         changes["max_tokens"] = max_tokens
+    changes["answer"] = _answer_options(request)
     try:
-        return settings.search.with_(**changes)
+        config = settings.search.with_(**changes)
     except ValueError as exc:
         raise APIError(400, str(exc), param="reasoning", code="invalid_value") from exc
+    if config.answer.needs_one_piece_final() and config.branches and config.strategy not in ONE_PIECE_FINAL:
+        param = "response_format" if config.answer.json_schema is not None else "logprobs"
+        raise APIError(
+            400,
+            f"{param} applies to the final stage, which strategy '{config.strategy}' does not sample as one "
+            f"piece; use strategy {' or '.join(ONE_PIECE_FINAL)}",
+            param=param,
+            code="invalid_value",
+        )
+    return config
+
+
+def _answer_options(request: ChatCompletionRequest) -> AnswerOptions:
+    """The client's sampling controls, stop strings, log-probabilities and format."""
+    bias: list[tuple[int, float]] = []
+    for token, value in (request.logit_bias or {}).items():
+        if not token.strip().isdigit():
+            raise APIError(
+                400, f"logit_bias keys are token ids; got '{token}'", param="logit_bias", code="invalid_value"
+            )
+        bias.append((int(token), value))
+    if request.top_logprobs is not None and not request.logprobs:
+        raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs", code="invalid_value")
+    stop = (request.stop,) if isinstance(request.stop, str) else tuple(request.stop or ())
+    schema: dict | None = None
+    if isinstance(request.response_format, ResponseFormatJsonObject):
+        schema = {}
+    elif isinstance(request.response_format, ResponseFormatJsonSchema):
+        schema = request.response_format.json_schema.schema_ or {}
+    return AnswerOptions(
+        presence_penalty=request.presence_penalty or 0.0,
+        frequency_penalty=request.frequency_penalty or 0.0,
+        repetition_penalty=request.repetition_penalty or 1.0,
+        top_k=max(request.top_k or 0, 0),
+        min_p=request.min_p or 0.0,
+        logit_bias=tuple(bias),
+        stop=stop,
+        logprobs=(request.top_logprobs or 0) if request.logprobs else None,
+        json_schema=schema,
+    )

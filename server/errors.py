@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from models.engine import EngineError, InvalidRequestError, PromptTooLongError
-from server.schemas import ROLE_TAGS, ErrorInfo, ErrorResponse
+from server.schemas import REFUSED_FIELDS, ROLE_TAGS, ErrorInfo, ErrorResponse
 
 log = logging.getLogger("llava_o1.server")
 
@@ -79,6 +79,8 @@ INTERNAL_ERROR = APIError(500, "internal server error", code="internal_error")
 def search_error(exc: BaseException, timeout_s: float) -> APIError | None:
     """The client's error for what a search can raise (its deadline, the engine's refusals), for the
     plain and the streaming path alike; None for anything unexpected."""
+    if isinstance(exc, APIError):
+        return exc
     if isinstance(exc, TimeoutError):
         return APIError(
             504,
@@ -99,20 +101,41 @@ def search_error(exc: BaseException, timeout_s: float) -> APIError | None:
 
 
 # Engine parameters that are request fields under the same name; any other refusal is of the prompt.
-_SAMPLING_FIELDS = {"max_tokens", "temperature", "top_p", "seed", "stop", "n"}
+_SAMPLING_FIELDS = {"max_tokens", "temperature", "top_p", "seed", "stop", "n", "logit_bias"}
+_SAMPLING_FIELDS |= {"presence_penalty", "frequency_penalty", "repetition_penalty", "top_k", "min_p"}
+# And those the engine names its own way.
+_RENAMED_FIELDS = {
+    "token_logprobs": "top_logprobs",
+    "json_schema": "response_format",
+    "structured_outputs": "response_format",
+}
 
 
 def _request_param(engine_param: str | None) -> str:
     """The request field an engine refusal is about."""
+    if engine_param in _RENAMED_FIELDS:
+        return _RENAMED_FIELDS[engine_param]
     return engine_param if engine_param in _SAMPLING_FIELDS else "messages"
+
+
+def _is_union_branch(part: object) -> bool:
+    """pydantic's label for a branch of a union in an error's location: a type, not a field name."""
+    return isinstance(part, str) and (
+        not part.isidentifier() or part in ("str", "int", "float", "bool", "list", "dict")
+    )
 
 
 def _describe_validation(exc: RequestValidationError) -> tuple[str, str | None, str]:
     """The first problem of a request body, as (message, param, code)."""
     problem = exc.errors()[0]
     raw = [p for p in problem.get("loc", ()) if p != "body"]
-    # Drop the branch names of tagged unions (messages.0.user.content is messages.0.content).
-    loc = [str(p) for i, p in enumerate(raw) if not (p in ROLE_TAGS and i > 0 and isinstance(raw[i - 1], int))]
+    # Drop the branch names of tagged unions (messages.0.user.content is messages.0.content) and of
+    # plain ones (stop.constrained-str is stop).
+    loc = [
+        str(p)
+        for i, p in enumerate(raw)
+        if not (p in ROLE_TAGS and i > 0 and isinstance(raw[i - 1], int)) and not _is_union_branch(p)
+    ]
     kind = problem.get("type", "")
     if kind == "json_invalid":
         return (
@@ -122,6 +145,8 @@ def _describe_validation(exc: RequestValidationError) -> tuple[str, str | None, 
         )
     param = ".".join(loc) or None
     if kind == "extra_forbidden":
+        if param in REFUSED_FIELDS:
+            return f"'{param}' is not supported: {REFUSED_FIELDS[param]}", param, "unsupported_field"
         return f"unsupported field '{param}'", param, "unsupported_field"
     if kind == "missing":
         return f"missing required field '{param}'", param, "missing_field"

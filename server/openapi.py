@@ -26,6 +26,7 @@ def publish_limits(app: FastAPI, settings: ServerSettings, model_names: list[str
             request = schemas["ChatCompletionRequest"]["properties"]
             request["model"]["enum"] = list(model_names)
             stages, max_request_tokens = len(settings.search.stages), settings.max_request_tokens
+            _limit_integer(request["n"], minimum=1, maximum=settings.max_n)
             for name in ("max_tokens", "max_completion_tokens"):
                 _limit_integer(request[name], minimum=stages, maximum=max_request_tokens)
             reasoning = schemas["ReasoningOptions"]["properties"]

@@ -1,8 +1,10 @@
 """OpenAI chat-completion request and response models, field by field, plus our extensions.
 
-Extensions: the request's `reasoning` object (clients send it through `extra_body`); in
-responses, `message.reasoning_content`, `delta.stage`, `usage.judge_tokens` and `reasoning`.
-Unknown request fields are refused (400) rather than silently ignored.
+Extensions: the request's `reasoning` object (clients send it through `extra_body`) and vLLM's
+sampling fields; in responses, `message.reasoning_content` (and `reasoning`, vLLM's newer name),
+`delta.stage`, `usage.judge_tokens`, `usage.search_tokens` and `reasoning`. Every request field has
+a defined behaviour (docs/api.md): applied, accepted with no effect, or refused with a reason
+(REFUSED_FIELDS); unknown fields are refused (400) rather than silently ignored.
 """
 
 from __future__ import annotations
@@ -82,6 +84,48 @@ class ReasoningOptions(_Strict):
     timeout: Annotated[float, Field(gt=0)] | None = None  # seconds; default: the server's --request-timeout
 
 
+class ResponseFormatText(_Strict):
+    type: Literal["text"]
+
+
+class ResponseFormatJsonObject(_Strict):
+    type: Literal["json_object"]
+
+
+class JsonSchemaFormat(_Strict):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    name: Annotated[str, Field(min_length=1, max_length=64)]
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormatJsonSchema(_Strict):
+    type: Literal["json_schema"]
+    json_schema: JsonSchemaFormat
+
+
+ResponseFormat = Annotated[
+    ResponseFormatText | ResponseFormatJsonObject | ResponseFormatJsonSchema, Field(discriminator="type")
+]
+ReasoningEffort = Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"]
+Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
+
+# OpenAI request fields this server refuses, and why; named in the 400 (docs/api.md).
+REFUSED_FIELDS = {
+    "tools": "tool calls are not supported yet",
+    "tool_choice": "tool calls are not supported yet",
+    "functions": "function calls are not supported",
+    "function_call": "function calls are not supported",
+    "audio": "audio output is not supported: the model writes text",
+    "prediction": "predicted outputs are not supported",
+    "web_search_options": "web search is not supported",
+    "verbosity": "the answer's length follows the stages; use max_tokens or reasoning_effort",
+    "moderation": "moderation is not applied by this server",
+    "prompt_cache_options": "the prefix cache is always on and not configurable per request",
+}
+
+
 class ChatCompletionRequest(_Strict):
     model: str
     messages: Annotated[
@@ -95,10 +139,30 @@ class ChatCompletionRequest(_Strict):
     seed: int | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
+    n: Annotated[int, Field(ge=1)] | None = None  # n independent searches; at most --max-n
+    stop: NonEmptyText | Annotated[list[NonEmptyText], Field(max_length=4)] | None = None  # on the final stage
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
+    logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = None  # token id -> bias
+    logprobs: bool | None = None  # of the final stage's tokens
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    response_format: ResponseFormat | None = None  # json formats apply to the final stage
+    reasoning_effort: ReasoningEffort | None = None  # a strategy and beam width; `reasoning` wins
+    # vLLM's sampling extensions, as its own server takes them.
+    top_k: Annotated[int, Field(ge=-1)] | None = None  # 0 or -1: off
+    min_p: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
+    repetition_penalty: Annotated[float, Field(gt=0.0, le=2.0)] | None = None
     reasoning: ReasoningOptions | None = None
-    # Accepted for compatibility only with the value that means "nothing special".
-    n: Literal[1] | None = None
+    # Accepted, with no effect on the answer (docs/api.md says why for each).
     user: str | None = None
+    metadata: dict[str, str] | None = None
+    store: bool | None = None
+    service_tier: str | None = None
+    parallel_tool_calls: bool | None = None
+    prompt_cache_key: str | None = None
+    prompt_cache_retention: str | None = None
+    safety_identifier: str | None = None
+    modalities: list[Literal["text"]] | None = None
 
 
 # -- responses -------------------------------------------------------------------------------
@@ -120,35 +184,60 @@ class PromptTokensDetails(BaseModel):
     cached_tokens: int = 0
 
 
+class CompletionTokensDetails(BaseModel):
+    reasoning_tokens: int  # the chosen text of the stages before the final one
+
+
 class Usage(BaseModel):
     prompt_tokens: int
-    completion_tokens: int
+    completion_tokens: int  # every candidate sampled, winners or not
     total_tokens: int  # prompt + completion, as in OpenAI's API
     judge_tokens: int  # extension: the pairwise judge's prompt and verdict tokens
+    search_tokens: int  # extension: every token the search spent beyond the prompts (candidates and judge)
     prompt_tokens_details: PromptTokensDetails
+    completion_tokens_details: CompletionTokensDetails
 
 
-class ResponseMessage(BaseModel):
+class ResponseMessage(_OmitNone):
+    _omit_if_none = frozenset({"reasoning"})
     role: Literal["assistant"] = "assistant"
     content: str
     reasoning_content: str | None = None
+    reasoning: str | None = None  # vLLM's current name for reasoning_content; both are sent
+
+
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+class TokenLogprobInfo(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(BaseModel):
+    content: list[TokenLogprobInfo]  # the final stage's tokens
 
 
 class Choice(BaseModel):
     index: int = 0
     message: ResponseMessage
+    logprobs: ChoiceLogprobs | None = None
     finish_reason: AnswerFinish
 
 
 class ReasoningInfo(_OmitNone):
     """The `reasoning` extension of a response: how it was searched, and the trace when asked."""
 
-    _omit_if_none = frozenset({"trace"})
+    _omit_if_none = frozenset({"trace", "traces", "effort"})
     strategy: str
     beam_width: int
     judge: str
     debias: bool
-    trace: dict[str, Any] | None = None
+    effort: str | None = None  # the reasoning_effort the strategy and width came from
+    trace: dict[str, Any] | None = None  # of choice 0
+    traces: list[dict[str, Any]] | None = None  # one per choice, when n > 1
 
 
 class ChatCompletion(BaseModel):
@@ -164,16 +253,19 @@ class ChatCompletion(BaseModel):
 class ChunkDelta(_OmitNone):
     """What one stream chunk adds to the message; `stage` (extension) names the stage it belongs to."""
 
-    _omit_if_none = frozenset({"role", "content", "reasoning_content", "stage"})
+    _omit_if_none = frozenset({"role", "content", "reasoning_content", "reasoning", "stage"})
     role: Literal["assistant"] | None = None
     content: str | None = None
     reasoning_content: str | None = None
+    reasoning: str | None = None
     stage: str | None = None
 
 
-class ChunkChoice(BaseModel):
+class ChunkChoice(_OmitNone):
+    _omit_if_none = frozenset({"logprobs"})
     index: int = 0
     delta: ChunkDelta
+    logprobs: ChoiceLogprobs | None = None  # on the chunk that closes the final stage
     finish_reason: AnswerFinish | None = None
 
 

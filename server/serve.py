@@ -65,6 +65,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-beam-width", type=int, default=defaults.max_beam_width, help="largest beam_width a request may ask for"
     )
     server.add_argument(
+        "--max-n", type=int, default=defaults.max_n, help="the most choices (n) one request may ask for"
+    )
+    server.add_argument(
+        "--sse-keepalive",
+        type=float,
+        default=defaults.sse_keepalive_s,
+        help="seconds of silence in a stream before an SSE comment keeps proxies from cutting it",
+    )
+    server.add_argument(
+        "--no-playground", dest="playground", action="store_false", help="do not serve the playground page at /"
+    )
+    server.add_argument(
         "--max-request-tokens",
         type=int,
         default=defaults.max_request_tokens,
@@ -106,6 +118,9 @@ def settings_from(args: argparse.Namespace) -> ServerSettings:
         api_key=args.api_key or None,
         search=search,
         max_beam_width=args.max_beam_width,
+        max_n=args.max_n,
+        sse_keepalive_s=args.sse_keepalive,
+        playground=args.playground,
         max_request_tokens=args.max_request_tokens,
         max_body_bytes=args.max_body_bytes,
         metrics_require_api_key=args.metrics_require_api_key,

@@ -25,6 +25,7 @@ class ServerSettings:
     api_key: str | None = None
     search: SearchConfig = field(default_factory=SearchConfig)  # defaults a request may override
     max_beam_width: int = 8
+    max_n: int = 8  # the most choices (independent searches) one request may ask for
     # The most `max_tokens` and `reasoning.max_tokens_per_stage` a request may ask for; None: the
     # model's context length (the app fills it in from the engine).
     max_request_tokens: int | None = None
@@ -38,3 +39,6 @@ class ServerSettings:
     shutdown_timeout_s: float = 30.0
     # After the engine dies: how long before the process exits non-zero (for its supervisor).
     engine_death_exit_s: float = 3.0
+    # A stream idle this long gets an SSE comment, so proxies do not cut it during a long stage.
+    sse_keepalive_s: float = 10.0
+    playground: bool = True  # the page at /

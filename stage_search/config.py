@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Literal, get_args
 
+from stage_search.answer_options import AnswerOptions
 from stage_search.stages import StageSet
 from stage_search.strategies import STRATEGIES
 
@@ -49,6 +50,8 @@ class SearchConfig:
     max_sentences_per_stage: int = 8
     # Generative judge: tokens allowed for a verdict like "Since ..., I choose response 2".
     judge_max_tokens: int = 96
+    # The client's controls over the answer's sampling, stop strings, log-probabilities and format.
+    answer: AnswerOptions = field(default_factory=AnswerOptions)
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGY_NAMES:

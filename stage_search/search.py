@@ -47,28 +47,74 @@ async def stream_search(
 
     Closing the iterator early (a client went away) cancels the search and aborts its engine work.
     """
-    queue: asyncio.Queue[SearchEvent] = asyncio.Queue()
-    task = asyncio.create_task(run_search(engine, messages, config, job_id=job_id, on_event=queue.put_nowait))
+    searches = stream_searches(engine, messages, [config], [job_id or new_job_id()])
+    async with contextlib.aclosing(searches):
+        async for _, event in searches:
+            yield event
+
+
+async def stream_searches(
+    engine: Engine, messages: Sequence[ChatMessage], configs: Sequence[SearchConfig], job_ids: Sequence[str]
+) -> AsyncGenerator[tuple[int, SearchEvent], None]:
+    """Several searches of one question at once (a request's n choices): their events as they are
+    made, each with its search's index, until every search has sent SearchFinished. One search's
+    error ends them all. Closing the iterator early cancels every search and aborts its engine work."""
+    queue: asyncio.Queue[tuple[int, SearchEvent]] = asyncio.Queue()
+
+    def emitter(index: int) -> Emit:
+        return lambda event: queue.put_nowait((index, event))
+
+    tasks = [
+        asyncio.create_task(run_search(engine, messages, config, job_id=job_id, on_event=emitter(i)))
+        for i, (config, job_id) in enumerate(zip(configs, job_ids, strict=True))
+    ]
+    running = set(tasks)
+    finished = 0
     getter: asyncio.Future | None = None
     try:
-        while True:
-            getter = asyncio.ensure_future(queue.get())
-            await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
-            if getter.done():
-                event = getter.result()
+        while finished < len(tasks):
+            if queue.empty():
+                getter = asyncio.ensure_future(queue.get())
+                done, _ = await asyncio.wait({getter, *running}, return_when=asyncio.FIRST_COMPLETED)
+                for task in done & running:
+                    running.discard(task)
+                    task.result()  # a search that failed raises here (one that finished queued its events)
+                if not getter.done():
+                    getter.cancel()  # a cancelled get leaves its item in the queue
+                    if not running and queue.empty():
+                        raise RuntimeError("the searches ended without their results")
+                    continue
+                item = getter.result()
             else:
-                getter.cancel()
-                if queue.empty():
-                    task.result()  # the search ended without finishing: raise its error here
-                    raise RuntimeError("the search ended without a result")
-                event = queue.get_nowait()
-            yield event
-            if isinstance(event, SearchFinished):
-                return
+                item = queue.get_nowait()
+            yield item
+            if isinstance(item[1], SearchFinished):
+                finished += 1
     finally:
         if getter is not None and not getter.done():
             getter.cancel()
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+        for task in tasks:
+            if not task.done():
+                task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+
+
+async def run_searches(
+    engine: Engine,
+    messages: Sequence[ChatMessage],
+    configs: Sequence[SearchConfig],
+    job_ids: Sequence[str],
+    on_event: Emit | None = None,
+) -> list[SearchResult]:
+    """Several searches of one question at once; the first error cancels the rest and is raised."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [
+                group.create_task(run_search(engine, messages, config, job_id=job_id, on_event=on_event))
+                for config, job_id in zip(configs, job_ids, strict=True)
+            ]
+    except* BaseException as failures:
+        raise failures.exceptions[0] from None
+    return [task.result() for task in tasks]

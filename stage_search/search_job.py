@@ -8,7 +8,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from models.engine import Candidate, ChatMessage, ChatPart, Engine, EngineError, SamplingSettings, StreamDelta
+from models.engine import (
+    Candidate,
+    ChatMessage,
+    ChatPart,
+    Engine,
+    EngineError,
+    SamplingSettings,
+    StreamDelta,
+    TokenLogprob,
+)
+from stage_search.answer_options import logprobs_of_text
 from stage_search.events import SearchEvent, StageDecided, StageDelta, StageStarted
 from stage_search.judge import Contender, JudgeContext, PairwiseJudge
 from stage_search.prompts import is_stage_trained, stage_instruction
@@ -60,6 +70,7 @@ class SearchJob:
         self.stages = config.stages
         self.usage = Usage()
         self.accepted_tokens = 0  # tokens of the winners kept so far (the answer's length)
+        self.answer_logprobs: list[TokenLogprob] | None = None  # the final stage's, when asked
         self.started = time.perf_counter()
         self._emit = emit or (lambda event: None)
         self._seeds = itertools.count(config.seed) if config.seed is not None else None
@@ -86,6 +97,22 @@ class SearchJob:
 
     def next_seed(self) -> int | None:
         return next(self._seeds) if self._seeds is not None else None
+
+    def is_final(self, stage_index: int) -> bool:
+        """Whether a step of this stage samples (a piece of) the final stage. Whole answers are
+        sampled as stage 0: the client's stop strings and format never cut their reasoning."""
+        return stage_index == len(self.stages) - 1
+
+    def candidate_settings(self, n: int, max_tokens: int, stop: tuple[str, ...], stage_index: int) -> SamplingSettings:
+        settings = SamplingSettings(
+            n=n,
+            max_tokens=max_tokens,
+            temperature=self.config.sampling_temperature,
+            top_p=self.config.top_p,
+            seed=self.next_seed(),
+            stop=stop,
+        )
+        return self.config.answer.apply(settings, final=self.is_final(stage_index))
 
     def priority(self, stage_index: int, judging: bool = False) -> int:
         """Lower runs first: later stages, and judging before more sampling, finish requests sooner."""
@@ -130,14 +157,7 @@ class SearchJob:
         that would be accepted; identical cleaned texts are merged, so equal candidates cost no
         comparison."""
         prompt = self.engine.render(self.messages, assistant_prefix)
-        settings = SamplingSettings(
-            n=n,
-            max_tokens=max_tokens,
-            temperature=self.config.sampling_temperature,
-            top_p=self.config.top_p,
-            seed=self.next_seed(),
-            stop=stop,
-        )
+        settings = self.candidate_settings(n, max_tokens, stop, stage_index)
         generation = await self.engine.generate(
             prompt, settings, job_id=self.job_id, priority=self.priority(stage_index)
         )
@@ -179,14 +199,25 @@ class SearchJob:
         self.usage.judge_tokens += sum(m.judge_tokens for m in step.matches)
         chosen = sampled.candidates[step.winner]
         self.accepted_tokens += chosen.num_tokens
+        self._keep_answer_logprobs(chosen, result.winner.text, stage_index)
         return Branch(result.winner.text, chosen, step)
+
+    def _keep_answer_logprobs(self, chosen: Candidate, text: str, stage_index: int) -> None:
+        if self.is_final(stage_index) and chosen.token_logprobs is not None:
+            self.answer_logprobs = logprobs_of_text(chosen.token_logprobs, text)
 
     def whole_answer_result(self, branch: Branch, started: float) -> SearchResult:
         """A result from one whole answer (sampled after the first stage's opening tag): split into
         stages (missing ones empty), so it has the same shape as a staged search's. Stage events all
         come now: nothing is decided before the whole answer is."""
-        first = self.stages.stages[0]
+        first, last = self.stages.stages[0], self.stages.last
         contents = self.stages.parse(first.open_tag + branch.text)
+        contents[last.name] = self.config.answer.cut(contents[last.name])
+        final_at = branch.text.find(last.open_tag)
+        if final_at >= 0:
+            self.usage.reasoning_tokens = self.engine.count_tokens(branch.text[:final_at])
+        elif any(stage.open_tag in branch.text for stage in self.stages):
+            self.usage.reasoning_tokens = branch.candidate.num_tokens  # no final stage: all of it reasons
         seconds = time.perf_counter() - started
         traces = []
         for stage in self.stages:
@@ -200,14 +231,7 @@ class SearchJob:
     ) -> Branch:
         """One candidate, no judge, streamed: settled text goes out as StageDelta events at once."""
         prompt = self.engine.render(self.messages, assistant_prefix)
-        settings = SamplingSettings(
-            n=1,
-            max_tokens=max_tokens,
-            temperature=self.config.sampling_temperature,
-            top_p=self.config.top_p,
-            seed=self.next_seed(),
-            stop=stop,
-        )
+        settings = self.candidate_settings(1, max_tokens, stop, stage.index)
         raw, sent = "", 0
         last: StreamDelta | None = None
         async for delta in self.engine.stream(
@@ -232,10 +256,15 @@ class SearchJob:
         self.usage.cached_tokens += last.cached_tokens
         self.usage.completion_tokens += candidate.num_tokens
         self.accepted_tokens += candidate.num_tokens
+        self._keep_answer_logprobs(candidate, text, stage.index)
         return Branch(text, candidate, step)
 
     def result(self, stages: list[StageTrace], answer_steps: list[StepTrace] | None = None) -> SearchResult:
         contents = {s.name: s.text for s in stages}
+        if not answer_steps:  # staged: the winners of the steps before the final stage
+            self.usage.reasoning_tokens = sum(
+                step.candidates[step.winner].tokens for stage in stages[:-1] for step in stage.steps if step.candidates
+            )
         return SearchResult(
             strategy=self.config.strategy,
             beam_width=self.config.beam_width,
@@ -246,6 +275,7 @@ class SearchJob:
             seconds=time.perf_counter() - self.started,
             answer_steps=answer_steps or [],
             finish_reason=_finish_reason(stages, answer_steps),
+            answer_logprobs=self.answer_logprobs,
         )
 
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from models.engine import TokenLogprob
 
 AnswerFinish = Literal["stop", "length"]  # why an answer ended: complete, or cut by a token limit
 
@@ -16,12 +19,19 @@ class Usage:
     completion_tokens: int = 0  # every candidate generated, winners or not
     judge_tokens: int = 0  # judge prompts plus judge verdict tokens
     cached_tokens: int = 0  # prompt tokens served from the prefix cache (all calls)
+    reasoning_tokens: int = 0  # tokens of the answer before its final stage (the chosen text only)
 
     def add(self, other: Usage) -> None:
         self.prompt_tokens += other.prompt_tokens
         self.completion_tokens += other.completion_tokens
         self.judge_tokens += other.judge_tokens
         self.cached_tokens += other.cached_tokens
+        self.reasoning_tokens += other.reasoning_tokens
+
+    @property
+    def search_tokens(self) -> int:
+        """Every token the search generated or judged: all candidates, winners or not, and the judge."""
+        return self.completion_tokens + self.judge_tokens
 
 
 @dataclass(frozen=True)
@@ -86,6 +96,8 @@ class SearchResult:
     # best_of_n judges whole answers, not stages: its steps live here.
     answer_steps: list[StepTrace] = field(default_factory=list)
     finish_reason: AnswerFinish = "stop"  # "length" when the conclusion was cut by a token limit
+    # The conclusion's tokens, when the request asked for log-probabilities.
+    answer_logprobs: list[TokenLogprob] | None = None
 
     def stage_text(self, name: str) -> str:
         return next(s.text for s in self.stages if s.name == name)

@@ -13,7 +13,9 @@ import subprocess
 import time
 from pathlib import Path
 
+import httpx
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 from models.engine import ChatMessage, ChatPart, Engine, SamplingSettings
 from server.settings import ServerSettings
@@ -69,6 +71,19 @@ def wait_for(predicate, timeout: float = 20.0) -> bool:
             return True
         time.sleep(0.1)
     return False
+
+
+def requests_in_flight(base: str) -> float:
+    """The server's own count of chat requests being served (its /metrics gauge). Not the engine's
+    load: vLLM reports that after each step, and on a loaded machine a wait on it can miss."""
+    try:
+        text = httpx.get(f"{base}/metrics", timeout=2).text
+    except httpx.HTTPError:
+        return 0
+    for family in text_string_to_metric_families(text):
+        if family.name == "llava_o1_requests_in_flight":
+            return sum(sample.value for sample in family.samples)
+    return 0
 
 
 def free_port() -> int:
@@ -194,7 +209,13 @@ def payload(image_url: str, **reasoning) -> dict:
 # A server with tight limits, for traffic the tests do not choose: the fuzzer and the soak. Every
 # request it accepts is a short search (at most 32 tokens per stage, beam width 4), so none runs
 # into its deadline; its admission limit (2 running, 2 queued) is small enough to overload.
-GUARDED_LIMITS = {"max_concurrent_searches": 2, "max_queue": 2, "max_beam_width": 4, "max_request_tokens": 32}
+GUARDED_LIMITS = {
+    "max_concurrent_searches": 2,
+    "max_queue": 2,
+    "max_beam_width": 4,
+    "max_request_tokens": 32,
+    "max_n": 2,
+}
 
 
 def launch_server(args: list[str], env: dict[str, str], log_path: Path) -> tuple[subprocess.Popen, str]:

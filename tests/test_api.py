@@ -16,6 +16,7 @@ from helpers import (
     data_url,
     extra,
     question,
+    requests_in_flight,
     stream_pieces,
     wait_for,
 )
@@ -216,7 +217,30 @@ ERROR_CASES = {
     "beam_width_zero": (dict(json=body(reasoning={"beam_width": 0})), 400, "reasoning.beam_width"),
     "unknown_strategy": (dict(json=body(reasoning={"strategy": "mcts"})), 400, "reasoning.strategy"),
     "unsupported_field": (dict(json=body(tools=[{"type": "function"}])), 400, "tools"),
-    "n_above_one": (dict(json=body(n=2)), 400, "n"),
+    "unknown_field": (dict(json=body(frobnicate=True)), 400, "frobnicate"),
+    "n_above_max": (dict(json=body(n=9)), 400, "n"),
+    "audio_modality": (dict(json=body(modalities=["text", "audio"])), 400, "modalities.1"),
+    "top_logprobs_without_logprobs": (dict(json=body(top_logprobs=2)), 400, "top_logprobs"),
+    "too_many_top_logprobs": (dict(json=body(logprobs=True, top_logprobs=21)), 400, "top_logprobs"),
+    "logit_bias_not_a_token_id": (dict(json=body(logit_bias={"cat": 5})), 400, "logit_bias"),
+    "logit_bias_out_of_vocabulary": (dict(json=body(logit_bias={"99999999": 5})), 400, "logit_bias"),
+    "five_stop_strings": (dict(json=body(stop=["a", "b", "c", "d", "e"])), 400, "stop"),
+    "json_with_whole_answers": (
+        dict(json=body(response_format={"type": "json_object"}, reasoning={"strategy": "best_of_n", "beam_width": 2})),
+        400,
+        "response_format",
+    ),
+    "logprobs_with_sentences": (
+        dict(json=body(logprobs=True, reasoning={"strategy": "sentence", "beam_width": 2})),
+        400,
+        "logprobs",
+    ),
+    "bad_reasoning_effort": (dict(json=body(reasoning_effort="extreme")), 400, "reasoning_effort"),
+    "bad_json_schema": (
+        dict(json=body(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": 5}}})),
+        400,
+        "response_format",
+    ),
     "max_tokens_below_stages": (dict(json=body(max_tokens=2)), 400, "max_tokens"),
     "bad_temperature": (dict(json=body(temperature=5)), 400, "temperature"),
     "remote_loopback": (dict(json=body(messages=question("q", "http://127.0.0.1:9/x.png"))), 400, FIRST_IMAGE),
@@ -307,7 +331,7 @@ def test_a_streaming_client_that_disconnects_leaves_no_engine_work(server):
         assert next(lines).startswith("data: ")  # the role chunk
         # The first decided stage: the search is under way, three stages to go.
         assert any('"stage":' in line for line in lines), "the stream ended before its first stage"
-        assert wait_for(lambda: running_requests(server) > 0), "the next stage never reached the engine"
+        assert wait_for(lambda: requests_in_flight(server["base"]) > 0), "the stream is not being served"
         # leaving the block closes the connection mid-search
     # The search had about ten seconds to go: left running, it would outlast this.
     assert wait_for(lambda: running_requests(server) == 0, timeout=5), "engine work kept running after the client left"

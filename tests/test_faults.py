@@ -24,10 +24,10 @@ from helpers import (
     kill_server,
     launch_server,
     payload,
+    requests_in_flight,
     small_server,
     wait_for,
 )
-from prometheus_client.parser import text_string_to_metric_families
 
 from models.engine import EngineError, SamplingSettings
 from server.lifecycle import STOPPING_GRACE_S
@@ -62,19 +62,6 @@ def post_in_thread(base: str, payload: dict, results: list, timeout: float = 120
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     return thread
-
-
-def requests_in_flight(base: str) -> float:
-    """The server's own count of chat requests being served. Not the engine's load: vLLM reports
-    that after each step, and a first step on a loaded machine can outlast the wait."""
-    try:
-        text = httpx.get(f"{base}/metrics", timeout=2).text
-    except httpx.HTTPError:
-        return 0
-    for family in text_string_to_metric_families(text):
-        if family.name == "llava_o1_requests_in_flight":
-            return sum(sample.value for sample in family.samples)
-    return 0
 
 
 def test_killing_the_engine_core_fails_requests_with_503_and_exits_non_zero(tiny_model_dir, cli_env, tmp_path_factory):

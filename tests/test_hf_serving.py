@@ -42,3 +42,18 @@ def test_streamed_stages_on_the_hf_engine(hf_client):
     assert [s for i, (s, _, _) in enumerate(pieces) if i == 0 or pieces[i - 1][0] != s] == STAGES
     assert TAGGED.fullmatch("".join(t for _, _, t in pieces))
     assert finish in ("stop", "length") and usage.completion_tokens > 0
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [({"extra_body": {"top_k": 5}}, "top_k"), ({"logprobs": True}, "top_logprobs"), ({"stop": ["x"]}, None)],
+)
+def test_sampling_controls_the_hf_engine_lacks_are_refused_by_name(hf_client, fields, param):
+    """Its sampler is its own (temperature, top-p, seed, stop strings); vLLM's extras are a 400."""
+    if param is None:  # stop strings it has: accepted
+        assert hf_client.chat.completions.create(model=MODEL, messages=question(), max_tokens=12, **fields)
+        return
+    with pytest.raises(openai.BadRequestError) as refused:
+        hf_client.chat.completions.create(model=MODEL, messages=question(), max_tokens=12, **fields)
+    error = refused.value.body
+    assert error["param"] == param and "hf engine" in error["message"], error
