@@ -23,6 +23,7 @@ class Command:
 COMMANDS: dict[str, Command] = {
     "serve": Command("server.serve", "serve", "start the inference server (engine flags as in `vllm serve`)"),
     "ask": Command("server.ask", "ask", "answer one question about an image, without a server"),
+    "run-batch": Command("server.batch", "main", "answer an OpenAI batch file (JSONL), in process or against --url"),
     "bench": Command(
         "bench.benchmark", "main", "measure throughput and latency against the published procedure and the engine"
     ),
