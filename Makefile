@@ -21,10 +21,13 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -c "import vllm, transformers, fastapi, models, server, stage_search, bench, training; print('installed: vllm', vllm.__version__, '/ transformers', transformers.__version__)"
 	touch $(STAMP)
 
-# System tools the tests use: a real Prometheus server (Debian package) for the metrics test.
+# System tools the tests use (Debian packages): a real Prometheus server for the metrics test, and
+# Chromium for the playground test (driven by Playwright's Python package, which downloads no browser).
 tools:
 	@command -v prometheus >/dev/null || { apt-get update -qq && apt-get install -y -qq prometheus >/dev/null; } \
 		|| { echo "install the 'prometheus' package (Debian/Ubuntu: apt-get install prometheus)"; exit 1; }
+	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } \
+		|| { echo "install the 'chromium' package (Debian: apt-get install chromium)"; exit 1; }
 
 serve: install
 	$(VENV)/bin/llava-o1 serve --host $(HOST) --port $(PORT)

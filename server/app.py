@@ -21,6 +21,7 @@ from server.metrics import ServerMetrics
 from server.metrics_middleware import ChatMetricsMiddleware
 from server.metrics_route import router as metrics_router
 from server.openapi import publish_limits
+from server.playground import router as playground_router
 from server.settings import ServerSettings
 from server.state import ServerState
 
@@ -65,6 +66,8 @@ def create_app(engine: Engine, settings: ServerSettings | None = None) -> FastAP
     app.include_router(chat_router)
     app.include_router(meta_router)
     app.include_router(metrics_router)
+    if settings.playground:
+        app.include_router(playground_router)
     # Added last = outermost: requests refused for their size, or while draining, are counted too.
     app.add_middleware(LifecycleGate, lifecycle=lifecycle)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
