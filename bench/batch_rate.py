@@ -3,8 +3,8 @@ with a plain client pool sending the same requests at the same concurrency.
 
 Each round sends N requests both ways (the order alternates between rounds, so neither always
 meets a warmer server) and prints both request rates and their ratio; the summary is the median
-ratio and its spread. run-batch is timed as a whole command (start-up, reading and writing the
-files included), as a user runs it.
+and geometric mean of the ratios, and their spread. run-batch is timed as a whole command
+(start-up, reading and writing the files included), as a user runs it.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def run_batch(url: str, api_key: str | None, bodies: list[dict], concurrency: in
         )
     )
     output.unlink(missing_ok=True)
-    command = ["llava-o1", "run-batch", "--url", url, "-i", str(requests), "-o", str(output)]
+    command = [sys.executable, "-m", "server.cli", "run-batch", "--url", url, "-i", str(requests), "-o", str(output)]
     env = {**os.environ, "LLAVA_O1_API_KEY": api_key} if api_key else None
     started = time.perf_counter()
     subprocess.run([*command, "--concurrency", str(concurrency), "--no-progress"], check=True, env=env)
@@ -121,6 +121,7 @@ def main() -> int:
         "max_tokens_per_stage": args.max_tokens_per_stage,
         "rounds": rounds,
         "ratio_median": statistics.median(ratios),
+        "ratio_geometric_mean": statistics.geometric_mean(ratios),
         "ratio_min": min(ratios),
         "ratio_max": max(ratios),
     }

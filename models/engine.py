@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
@@ -77,6 +77,23 @@ class Prompt:
 
 
 @dataclass(frozen=True)
+class SamplingControls:
+    """A client's own sampling controls (OpenAI's and vLLM's request fields of these names), given
+    to the sampler as they are; the defaults have no effect."""
+
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    top_k: int = 0  # 0: off
+    min_p: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias) pairs
+
+    def changed(self) -> list[str]:
+        """The names of the controls set to something with an effect."""
+        return [f.name for f in fields(self) if getattr(self, f.name) != f.default]
+
+
+@dataclass(frozen=True)
 class SamplingSettings:
     """How to sample the candidates of one engine call."""
 
@@ -93,22 +110,17 @@ class SamplingSettings:
     # True: fill Candidate.cumulative_logprob. Off by default: vLLM then skips a per-token log-softmax
     # and detokenised logprob record that nothing in the search reads (docs/benchmarks.md).
     logprobs: bool = False
-    # A client's own sampling controls (OpenAI's and vLLM's request fields of the same names).
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    repetition_penalty: float = 1.0
-    top_k: int = 0  # 0: off
-    min_p: float = 0.0
-    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias) pairs
+    # A client's own sampling controls: penalties, top-k, min-p, logit bias.
+    controls: SamplingControls = field(default_factory=SamplingControls)
     # Fill Candidate.token_logprobs, with this many most likely alternatives per token (None: off).
     token_logprobs: int | None = None
     # Structured output: the text must be JSON matching this schema ({}: any JSON object).
     json_schema: dict | None = None
 
-    @property
-    def client_controls(self) -> dict[str, object]:
-        """The client's controls that differ from their no-effect defaults, by name."""
-        return {n: getattr(self, n) for n in _CLIENT_CONTROLS if getattr(self, n) != getattr(_NO_CONTROLS, n)}
+    def beyond_basics(self) -> list[str]:
+        """What this asks of a sampler beyond temperature, top-p, seed and stop strings, by name."""
+        extra = self.controls.changed()
+        return extra + [n for n in ("token_logprobs", "json_schema") if getattr(self, n) is not None]
 
 
 @dataclass(frozen=True)
@@ -118,19 +130,6 @@ class TokenLogprob:
     token: str
     logprob: float
     top: tuple[tuple[str, float], ...] = ()
-
-
-_NO_CONTROLS = SamplingSettings()
-_CLIENT_CONTROLS = (
-    "presence_penalty",
-    "frequency_penalty",
-    "repetition_penalty",
-    "top_k",
-    "min_p",
-    "logit_bias",
-    "token_logprobs",
-    "json_schema",
-)
 
 
 @dataclass(frozen=True)

@@ -152,10 +152,10 @@ class HfEngine(Engine):
     async def generate(
         self, prompt: Prompt, settings: SamplingSettings, *, job_id: str, priority: int = 0
     ) -> Generation:
-        unsupported = settings.client_controls
+        unsupported = settings.beyond_basics()
         if unsupported:
             # Its sampler is ours (temperature, top-p, seed, stop); these need vLLM's.
-            name = next(iter(unsupported))
+            name = unsupported[0]
             raise InvalidRequestError(f"{name} is not supported by the hf engine; serve with the vLLM engine", name)
         aborted = lambda: Generation(tuple(Candidate("", 0, None, "abort") for _ in range(settings.n)), 0, 0)
         result = await self._submit(job_id, priority, lambda: self._start_group(prompt, settings, job_id), aborted)

@@ -288,6 +288,7 @@ def _sampling_params(settings: SamplingSettings, output_kind: RequestOutputKind)
             if settings.json_schema
             else StructuredOutputsParams(json_object=True)
         )
+    controls = settings.controls
     return SamplingParams(
         n=settings.n,
         max_tokens=settings.max_tokens,
@@ -299,12 +300,12 @@ def _sampling_params(settings: SamplingSettings, output_kind: RequestOutputKind)
         output_kind=output_kind,
         skip_reading_prefix_cache=not settings.use_prefix_cache,
         ignore_eos=settings.ignore_eos,
-        presence_penalty=settings.presence_penalty,
-        frequency_penalty=settings.frequency_penalty,
-        repetition_penalty=settings.repetition_penalty,
-        top_k=settings.top_k,
-        min_p=settings.min_p,
-        logit_bias=dict(settings.logit_bias) or None,
+        presence_penalty=controls.presence_penalty,
+        frequency_penalty=controls.frequency_penalty,
+        repetition_penalty=controls.repetition_penalty,
+        top_k=controls.top_k,
+        min_p=controls.min_p,
+        logit_bias=dict(controls.logit_bias) or None,
         structured_outputs=structured,
     )
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from models.engine import ChatMessage, ChatPart
+from models.engine import ChatMessage, ChatPart, SamplingControls
 from server.errors import APIError
 from server.images import load_image
 from server.schemas import ChatCompletionRequest, ImagePart, ResponseFormatJsonObject, ResponseFormatJsonSchema
@@ -190,13 +190,16 @@ def _answer_options(request: ChatCompletionRequest) -> AnswerOptions:
         schema = {}
     elif isinstance(request.response_format, ResponseFormatJsonSchema):
         schema = request.response_format.json_schema.schema_ or {}
-    return AnswerOptions(
+    controls = SamplingControls(
         presence_penalty=request.presence_penalty or 0.0,
         frequency_penalty=request.frequency_penalty or 0.0,
         repetition_penalty=request.repetition_penalty or 1.0,
         top_k=max(request.top_k or 0, 0),
         min_p=request.min_p or 0.0,
         logit_bias=tuple(bias),
+    )
+    return AnswerOptions(
+        controls=controls,
         stop=stop,
         logprobs=(request.top_logprobs or 0) if request.logprobs else None,
         json_schema=schema,

@@ -5,9 +5,9 @@ JSON format never apply to the reasoning stages."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
-from models.engine import SamplingSettings, TokenLogprob
+from models.engine import SamplingControls, SamplingSettings, TokenLogprob
 
 # The strategies that sample the final stage as one piece, so that a format or log-probabilities
 # can be applied to it; the others write whole answers or build the stage sentence by sentence.
@@ -16,12 +16,7 @@ ONE_PIECE_FINAL = ("stage", "none")
 
 @dataclass(frozen=True)
 class AnswerOptions:
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    repetition_penalty: float = 1.0
-    top_k: int = 0
-    min_p: float = 0.0
-    logit_bias: tuple[tuple[int, float], ...] = ()
+    controls: SamplingControls = field(default_factory=SamplingControls)  # every candidate's
     stop: tuple[str, ...] = ()  # on the final stage
     logprobs: int | None = None  # the final stage's, with this many alternatives per token
     json_schema: dict | None = None  # the final stage is JSON matching it ({}: any JSON object)
@@ -31,19 +26,11 @@ class AnswerOptions:
 
     def apply(self, settings: SamplingSettings, final: bool) -> SamplingSettings:
         """Engine settings for a candidate; `final` when it is (a piece of) the final stage."""
-        settings = replace(
-            settings,
-            presence_penalty=self.presence_penalty,
-            frequency_penalty=self.frequency_penalty,
-            repetition_penalty=self.repetition_penalty,
-            top_k=self.top_k,
-            min_p=self.min_p,
-            logit_bias=self.logit_bias,
-        )
         if not final:
-            return settings
+            return replace(settings, controls=self.controls)
         return replace(
             settings,
+            controls=self.controls,
             stop=settings.stop + self.stop,
             token_logprobs=self.logprobs,
             json_schema=self.json_schema,
