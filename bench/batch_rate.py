@@ -22,7 +22,8 @@ from pathlib import Path
 
 import httpx
 
-from bench.load import auth_headers, synthetic_questions
+from bench.load import synthetic_questions
+from server.bearer import auth_headers
 
 
 def request_bodies(count: int, model: str, beam_width: int, per_stage: int) -> list[dict]:

@@ -27,8 +27,9 @@ from typing import TYPE_CHECKING
 
 import httpx
 
-from bench.load import Sample, auth_headers, drive_in_subprocess, run_pool, synthetic_questions
+from bench.load import Sample, drive_in_subprocess, run_pool, synthetic_questions
 from bench.report import Level, markdown_table, mode_result, plot, ratios
+from server.bearer import auth_headers
 
 if TYPE_CHECKING:
     from models.engine import ChatMessage, Engine

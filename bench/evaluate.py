@@ -88,7 +88,7 @@ async def _score_over_http(args, records: list[dict], cells: list[tuple[str, int
 
     import httpx
 
-    from bench.load import auth_headers
+    from server.bearer import auth_headers
 
     base = args.url.rstrip("/").removesuffix("/v1")
     limit = asyncio.Semaphore(args.concurrency)

@@ -23,6 +23,8 @@ from dataclasses import asdict, dataclass
 import httpx
 from tqdm import tqdm
 
+from server.bearer import auth_headers
+
 COLORS = ["red", "green", "blue", "yellow", "purple"]
 SHAPES = ["circle", "square", "triangle"]
 API_KEY_VARIABLE = "LLAVA_O1_BENCH_API_KEY"  # the client's key: not on its command line, where ps shows it
@@ -34,11 +36,6 @@ class Sample:
     latency_s: float
     first_stage_s: float | None
     candidate_tokens: int
-
-
-def auth_headers(api_key: str | None) -> dict[str, str]:
-    """The bearer-token header for a server that wants one (none without a key)."""
-    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
 
 def synthetic_questions(count: int, seed: int = 0) -> list[tuple[str, str]]:

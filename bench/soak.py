@@ -31,7 +31,8 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.load import auth_headers, synthetic_questions
+from bench.load import synthetic_questions
+from server.bearer import auth_headers
 
 CHAT = "/v1/chat/completions"
 # The mix: kind -> weight.

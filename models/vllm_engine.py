@@ -133,14 +133,12 @@ class VllmEngine(Engine):
             if top is not None:
                 logprobs += _token_logprobs(piece.token_ids, piece.logprobs, top)
             if output.finished:
-                done = _candidate(piece)
-                candidate = Candidate(
-                    text,
-                    tokens,
-                    done.cumulative_logprob,
-                    done.finish_reason,
-                    done.stop_reason,
-                    None if top is None else tuple(logprobs),
+                # The last piece's outcome, with the whole text, token count and log-probabilities.
+                candidate = dataclasses.replace(
+                    _candidate(piece),
+                    text=text,
+                    num_tokens=tokens,
+                    token_logprobs=None if top is None else tuple(logprobs),
                 )
                 yield StreamDelta(piece.text, candidate, _prompt_tokens(output), output.num_cached_tokens or 0)
             elif piece.text:

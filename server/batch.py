@@ -32,6 +32,8 @@ from typing import Any
 
 import httpx
 
+from server.bearer import auth_headers
+
 CHAT_URL = "/v1/chat/completions"
 # Statuses that say "later", not "no": retried with backoff (Retry-After when the server sends it).
 RETRIED_STATUSES = {429, 503}
@@ -246,10 +248,9 @@ async def in_process_client(args: argparse.Namespace) -> AsyncIterator[httpx.Asy
     engine = start_engine(args)
     try:
         app = create_app(engine, settings)
-        headers = {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(
-            transport=transport, base_url="http://run-batch", headers=headers, timeout=None
+            transport=transport, base_url="http://run-batch", headers=auth_headers(settings.api_key), timeout=None
         ) as client:
             yield client
     finally:
@@ -257,9 +258,8 @@ async def in_process_client(args: argparse.Namespace) -> AsyncIterator[httpx.Asy
 
 
 def remote_client(url: str, api_key: str | None, concurrency: int) -> httpx.AsyncClient:
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     limits = httpx.Limits(max_connections=concurrency + 4)
-    return httpx.AsyncClient(base_url=url.rstrip("/"), headers=headers, timeout=None, limits=limits)
+    return httpx.AsyncClient(base_url=url.rstrip("/"), headers=auth_headers(api_key), timeout=None, limits=limits)
 
 
 async def _main(args: argparse.Namespace) -> int:
