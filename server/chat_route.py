@@ -18,7 +18,7 @@ from server.admission import Ticket
 from server.auth import require_api_key
 from server.chat_output import StageTextWriter, choice_logprobs, delta_of, whole_message
 from server.chat_request import ChatJob, to_chat_job
-from server.errors import INTERNAL_ERROR, APIError, ServerShuttingDown, search_error
+from server.errors import INTERNAL_ERROR, APIError, search_error
 from server.metrics import outcome_of
 from server.schemas import (
     ChatCompletion,
@@ -137,8 +137,9 @@ async def _search_until_disconnect(
             if await request.is_disconnected():
                 log.info("client of %s went away; search cancelled", searches.completion_id)
                 raise APIError(499, "client closed the request")
-            if state.lifecycle.stopping:
-                raise ServerShuttingDown()
+            interruption = state.lifecycle.interruption
+            if interruption is not None:
+                raise interruption
     finally:
         if not task.done():
             task.cancel()
@@ -227,7 +228,7 @@ async def _sse(
         source = _admitted_events(state, job, searches, ticket)
         # Closed on the way out, whatever the way: a client that leaves must stop the search now,
         # not when the garbage collector gets to the abandoned generators.
-        guarded = state.lifecycle.unless_stopping(with_keepalives(source, state.settings.sse_keepalive_s))
+        guarded = state.lifecycle.until_interrupted(with_keepalives(source, state.settings.sse_keepalive_s))
         async with asyncio.timeout_at(deadline), contextlib.aclosing(source), contextlib.aclosing(guarded):
             async for item in guarded:
                 if item is None:

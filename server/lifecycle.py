@@ -4,9 +4,11 @@
   requests in flight run on, up to the shutdown timeout; those still running then get 503 (in band
   on a stream) and their searches are cancelled, which aborts their engine work; then the HTTP
   server stops and the process exits 0.
-- Engine death: a watch polls the engine's health; once it fails, every request gets 503 (those in
-  flight get it from the engine), and after `engine_death_exit_s` the process exits non-zero so
-  that its supervisor (compose `restart:`, a Kubernetes liveness probe, systemd) starts a new one.
+- Engine death: a watch polls the engine's health; once it fails, every request gets 503, those in
+  flight too (we end them ourselves: vLLM tells its waiting requests only after cleaning up the
+  dead engine's processes, which on a loaded machine can outlast the exit below), and after
+  `engine_death_exit_s` the process exits non-zero so that its supervisor (compose `restart:`, a
+  Kubernetes liveness probe, systemd) starts a new one.
   A dead vLLM engine core cannot be restarted inside the process cleanly (its processes, shared
   memory and the front end's request state go with it), so we exit rather than restart.
 
@@ -22,7 +24,7 @@ from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from models.engine import Engine
+from models.engine import Engine, EngineError
 from server.errors import ServerShuttingDown, send_error
 
 T = TypeVar("T")
@@ -48,12 +50,20 @@ class Lifecycle:
     # Ends the HTTP server; `serve` sets it. Without one (an app in a test) nothing stops.
     stop: Callable[[], None] = field(default=lambda: None)
     _idle: asyncio.Event | None = None
-    _stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    # Set when requests in flight must end now; each raises its own `_interruption()`.
+    _interrupted: asyncio.Event = field(default_factory=asyncio.Event)
+    _interruption: Callable[[], Exception] | None = None
 
     @property
-    def stopping(self) -> bool:
-        """True once the shutdown timeout has passed: requests still in flight must end now."""
-        return self._stopping.is_set()
+    def interruption(self) -> Exception | None:
+        """What a request still in flight must end with now (the shutdown timeout passed, or the
+        engine died), or None while it may run on."""
+        return None if self._interruption is None else self._interruption()
+
+    def _interrupt(self, error: Callable[[], Exception]) -> None:
+        if self._interruption is None:
+            self._interruption = error
+            self._interrupted.set()
 
     @property
     def refusing(self) -> str | None:
@@ -71,32 +81,33 @@ class Lifecycle:
             log.info("drained; stopping")
         except TimeoutError:
             log.warning("shutdown timeout: %d request(s) still in flight are cancelled", self.in_flight)
-            self._stopping.set()
+            self._interrupt(ServerShuttingDown)
             try:
                 await asyncio.wait_for(self._until_idle(), STOPPING_GRACE_S)
             except TimeoutError:
                 pass  # the HTTP server cancels what is left
         self.stop()
 
-    async def unless_stopping(self, events: AsyncGenerator[T, None]) -> AsyncGenerator[T, None]:
-        """`events` as they come, until the shutdown timeout passes: then ServerShuttingDown. However
-        it ends (that, the client leaving, an error), `events` is closed, which cancels the search
-        behind them and aborts its engine work."""
-        stopping = asyncio.ensure_future(self._stopping.wait())
+    async def until_interrupted(self, events: AsyncGenerator[T, None]) -> AsyncGenerator[T, None]:
+        """`events` as they come, until requests in flight are interrupted: then the interruption
+        is raised. However it ends (that, the client leaving, an error), `events` is closed, which
+        cancels the search behind them and aborts its engine work."""
+        interrupted = asyncio.ensure_future(self._interrupted.wait())
         following: asyncio.Future[T] | None = None
         try:
             while True:
                 following = asyncio.ensure_future(anext(events))
-                await asyncio.wait({following, stopping}, return_when=asyncio.FIRST_COMPLETED)
-                if not following.done():
-                    raise ServerShuttingDown()
+                await asyncio.wait({following, interrupted}, return_when=asyncio.FIRST_COMPLETED)
+                error = self.interruption
+                if not following.done() and error is not None:
+                    raise error
                 try:
                     event = following.result()
                 except StopAsyncIteration:
                     return
                 yield event
         finally:
-            stopping.cancel()
+            interrupted.cancel()
             # The wait for the next event runs in a task of its own: a cancelled caller must stop it.
             if following is not None and not following.done():
                 following.cancel()
@@ -108,6 +119,7 @@ class Lifecycle:
         while await engine.is_healthy():
             await asyncio.sleep(self.health_poll_s)
         self.engine_dead = True
+        self._interrupt(lambda: EngineError("the engine died"))
         log.error(
             "the engine died; refusing requests and exiting with code %d in %g s",
             ENGINE_DEATH_EXIT_CODE,

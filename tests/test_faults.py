@@ -48,6 +48,11 @@ def engine_core_pids(server_pid: int) -> list[int]:
     return [int(pid) for pid in children if "EngineCor" in Path(f"/proc/{pid}/comm").read_text()]
 
 
+def print_log_tail(log_path: Path, chars: int = 4000) -> None:
+    """The server's last words, shown by pytest when the test fails (CI keeps no files)."""
+    print(f"--- tail of {log_path.name} ---\n{log_path.read_text()[-chars:]}")
+
+
 def post_in_thread(base: str, payload: dict, results: list, timeout: float = 120) -> threading.Thread:
     """POST in the background; appends (status, json body, seconds it ended at) to results."""
 
@@ -94,6 +99,7 @@ def test_killing_the_engine_core_fails_requests_with_503_and_exits_non_zero(tiny
     finally:
         if proc.poll() is None:
             kill_server(proc)
+        print_log_tail(log_path)
 
 
 def read_stream(base: str, payload: dict, lines: list[str], started: threading.Event) -> threading.Thread:
@@ -145,6 +151,7 @@ def test_sigterm_lets_a_stream_in_flight_finish_refuses_new_requests_and_exits_0
     finally:
         if proc.poll() is None:
             kill_server(proc)
+        print_log_tail(log_path)
 
 
 @pytest.mark.asyncio(loop_scope="session")
@@ -173,6 +180,55 @@ async def test_what_outlives_the_shutdown_timeout_gets_503_plain_or_in_band(engi
                 break
             await asyncio.sleep(0.05)
         assert engine.num_unfinished_requests() == 0, "the cancelled searches left engine work running"
+
+
+class _DeadWithoutTelling:
+    """The session engine, except that its health check fails once `dead` is set, while its
+    generation runs on: a vLLM front end that has noticed its engine core died but has not yet told
+    the requests waiting on it (it cleans up the dead engine's processes first)."""
+
+    def __init__(self, engine):
+        self._engine = engine
+        self.dead = False
+
+    async def is_healthy(self) -> bool:
+        return not self.dead and await self._engine.is_healthy()
+
+    def __getattr__(self, name):
+        return getattr(self._engine, name)
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_requests_in_flight_get_503_as_soon_as_the_engine_is_found_dead(engine, image_url):
+    """The server ends requests in flight itself once its health watch finds the engine dead: it
+    does not wait for the engine to fail them (that is what the subprocess test above sees)."""
+    dying = _DeadWithoutTelling(engine)
+    endless = payload(image_url, beam_width=4, max_tokens_per_stage=3000)
+    endless["model"] = engine.model_name
+    async with small_server(dying, SMALL) as (app, base), httpx.AsyncClient(base_url=base, timeout=60) as client:
+        lifecycle = app.state.llava_o1.lifecycle
+        plain = asyncio.create_task(client.post("/v1/chat/completions", json=endless))
+        stream = asyncio.create_task(client.post("/v1/chat/completions", json={**endless, "stream": True}))
+        while lifecycle.in_flight < 2:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)
+        dying.dead = True
+        found_dead = time.monotonic()
+        response = await plain
+        streamed = await stream
+        # The watch polls every 0.5 s; the plain request looks every 0.25 s.
+        assert time.monotonic() - found_dead < 2.0
+        assert response.status_code == 503 and response.json()["error"]["code"] == "engine_unavailable"
+        events = [line.removeprefix("data: ") for line in streamed.text.splitlines() if line.startswith("data: ")]
+        assert streamed.status_code == 200 and events[-1] == "[DONE]"
+        assert json.loads(events[-2])["error"]["code"] == "engine_unavailable"
+        refused = await client.post("/v1/chat/completions", json=endless)
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "engine_unavailable"
+        for _ in range(100):
+            if engine.num_unfinished_requests() == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert engine.num_unfinished_requests() == 0, "the ended searches left engine work running"
 
 
 async def test_a_dead_hf_engine_loop_fails_its_calls_and_reports_unhealthy(tiny_mllama_dir):
