@@ -200,6 +200,13 @@ class Engine(abc.ABC):
     model_name: str
     #: The model's context length in tokens.
     max_model_len: int
+    #: True for an engine that lives elsewhere and may come back after an outage (a remote server):
+    #: the server then waits for it, unready, rather than exiting for its supervisor to restart it.
+    outlives_engine_outages: bool = False
+
+    def judge_engine(self) -> Engine:
+        """The engine the search's judge asks: this one, unless the judge runs elsewhere."""
+        return self
 
     @abc.abstractmethod
     def render(self, messages: Sequence[ChatMessage], assistant_prefix: str = "") -> Prompt:
@@ -236,7 +243,7 @@ class Engine(abc.ABC):
         """Probabilities of each option (each exactly one token) as the next token, summing to 1."""
 
     @abc.abstractmethod
-    def count_tokens(self, text: str) -> int:
+    async def count_tokens(self, text: str) -> int:
         """How many tokens `text` is, as the model's tokenizer splits it (no special tokens)."""
 
     @abc.abstractmethod

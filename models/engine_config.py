@@ -55,7 +55,8 @@ def add_engine_arguments(parser: CommandParser) -> CommandParser:
 
     parser.begin_engine_flags()
     AsyncEngineArgs.add_cli_args(parser)
-    parser.add_own_action(add_engine_choice(parser))
+    for action in add_engine_choice(parser):
+        parser.add_own_action(action)
     parser.set_defaults(model=None, enable_prefix_caching=True, scheduling_policy="priority")
     return parser
 

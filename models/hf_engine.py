@@ -168,7 +168,7 @@ class HfEngine(Engine):
         assert isinstance(result, ChoiceResult)
         return result
 
-    def count_tokens(self, text: str) -> int:
+    async def count_tokens(self, text: str) -> int:
         return len(self._tokenizer.encode(text, add_special_tokens=False))
 
     async def abort(self, job_id: str) -> None:

@@ -8,6 +8,7 @@ only "1" would ask about a token the model never learnt to put there.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -67,3 +68,13 @@ class OptionTokens:
                 token_ids.append(spaced[0])
                 owners.append(index)
         return OptionSpellings(token_ids, owners, len(options))
+
+
+def softmax(logprobs: Sequence[float]) -> list[float]:
+    """Log-probabilities of some tokens, renormalised to probabilities over just those tokens."""
+    top = max(logprobs)
+    if top == -math.inf:
+        return [1.0 / len(logprobs)] * len(logprobs)
+    weights = [math.exp(lp - top) for lp in logprobs]
+    total = sum(weights)
+    return [w / total for w in weights]

@@ -30,7 +30,7 @@ from models.engine import (
     TokenLogprob,
 )
 from models.image_digest import image_digest
-from models.option_tokens import OptionTokens
+from models.option_tokens import OptionTokens, softmax
 from models.vllm_stats import VllmStatsCollector
 
 if TYPE_CHECKING:
@@ -166,7 +166,7 @@ class VllmEngine(Engine):
         step = completion.logprobs[0]
         logprobs = [step[t].logprob if t in step else -math.inf for t in token_ids]
         return ChoiceResult(
-            dict(zip(options, spellings.per_option(_softmax(logprobs)), strict=True)),
+            dict(zip(options, spellings.per_option(softmax(logprobs)), strict=True)),
             _prompt_tokens(output),
             output.num_cached_tokens or 0,
         )
@@ -215,7 +215,7 @@ class VllmEngine(Engine):
         if not produced:
             raise EngineError(f"the engine returned nothing for {request_id}")
 
-    def count_tokens(self, text: str) -> int:
+    async def count_tokens(self, text: str) -> int:
         return len(self._tokenizer.encode(text, add_special_tokens=False))
 
     async def abort(self, job_id: str) -> None:
@@ -342,12 +342,3 @@ def _finish_reason(reason: str | None) -> FinishReason:
 
 def _prompt_tokens(output: RequestOutput) -> int:
     return len(output.prompt_token_ids or ())
-
-
-def _softmax(logprobs: list[float]) -> list[float]:
-    top = max(logprobs)
-    if top == -math.inf:
-        return [1.0 / len(logprobs)] * len(logprobs)
-    weights = [math.exp(lp - top) for lp in logprobs]
-    total = sum(weights)
-    return [w / total for w in weights]

@@ -10,8 +10,8 @@ from models.demo_weights import DEMO_DIR, DEMO_MODEL_NAME
 def use_default_model(args: argparse.Namespace) -> None:
     """Without `--model`: the shipped demo model, or, in a checkout without its weights, the
     embedded random tiny model (built into the cache once). Sets the served name too."""
-    if args.model is not None:
-        return
+    if args.model is not None or getattr(args, "engine_url", None):
+        return  # given, or served by the remote engine
     if (DEMO_DIR / "config.json").exists():
         path, name = str(DEMO_DIR), DEMO_MODEL_NAME
     else:

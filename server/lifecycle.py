@@ -4,6 +4,8 @@
   requests in flight run on, up to the shutdown timeout; those still running then get 503 (in band
   on a stream) and their searches are cancelled, which aborts their engine work; then the HTTP
   server stops and the process exits 0.
+- Engine outage (a remote engine, `Engine.outlives_engine_outages`): refused with 503 while it
+  does not answer, served again once it does; requests in flight fail on their own connections.
 - Engine death: a watch polls the engine's health; once it fails, every request gets 503, those in
   flight too (we end them ourselves: vLLM tells its waiting requests only after cleaning up the
   dead engine's processes, which on a loaded machine can outlast the exit below), and after
@@ -45,6 +47,7 @@ class Lifecycle:
     health_poll_s: float = 0.5
     draining: bool = False
     engine_dead: bool = False
+    engine_down: bool = False  # a remote engine that is not answering (for now)
     in_flight: int = 0  # HTTP requests being served (not health or metrics)
     exit_code: int = 0
     # Ends the HTTP server; `serve` sets it. Without one (an app in a test) nothing stops.
@@ -70,6 +73,8 @@ class Lifecycle:
         """Why new requests are refused, or None while serving."""
         if self.engine_dead:
             return "engine_dead"
+        if self.engine_down:
+            return "engine_down"
         return "draining" if self.draining else None
 
     async def drain(self) -> None:
@@ -115,9 +120,20 @@ class Lifecycle:
             await events.aclose()
 
     async def watch_engine(self, engine: Engine) -> None:
-        """Poll the engine's health; once it fails, refuse everything and exit non-zero soon after."""
+        """Poll the engine's health; once it fails, refuse everything and exit non-zero soon after.
+        An engine elsewhere (a remote server) is waited for instead: refused while it is down, served
+        again once it answers; exiting would not bring it back."""
         while await engine.is_healthy():
             await asyncio.sleep(self.health_poll_s)
+        while engine.outlives_engine_outages:
+            self.engine_down = True
+            log.error("the engine is unreachable; refusing requests until it answers")
+            while not await engine.is_healthy():
+                await asyncio.sleep(self.health_poll_s)
+            self.engine_down = False
+            log.info("the engine answers again; serving")
+            while await engine.is_healthy():
+                await asyncio.sleep(self.health_poll_s)
         self.engine_dead = True
         self._interrupt(lambda: EngineError("the engine died"))
         log.error(
@@ -146,6 +162,7 @@ class Lifecycle:
 _REFUSALS = {
     "draining": ("the server is shutting down; retry on another replica", "shutting_down"),
     "engine_dead": ("the engine is unavailable; the server is restarting", "engine_unavailable"),
+    "engine_down": ("the engine is unreachable; retry later or on another replica", "engine_unavailable"),
 }
 
 

@@ -50,7 +50,10 @@ async def health(state: ServerState = Depends(get_state)):
 async def live(state: ServerState = Depends(get_state)):
     """The liveness probe: 200 while the process can still serve or finish serving (also while it
     drains, which /health reports as 503 for readiness), 503 once the engine is dead."""
-    if state.lifecycle.engine_dead or not await state.engine.is_healthy():
+    if state.lifecycle.engine_dead:
+        return JSONResponse({"status": "engine_dead"}, status_code=503)
+    # An engine elsewhere that is down does not make this process worth restarting.
+    if not state.engine.outlives_engine_outages and not await state.engine.is_healthy():
         return JSONResponse({"status": "engine_dead"}, status_code=503)
     return {"status": "draining" if state.lifecycle.draining else "ok"}
 

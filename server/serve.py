@@ -142,6 +142,8 @@ def settings_from(args: argparse.Namespace) -> ServerSettings:
 
 def serve(argv: Sequence[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # httpx logs every request at INFO: a remote engine's 28 per search would drown the log.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     args = build_parser().parse_args(list(argv))
     settings = settings_from(args)
     return asyncio.run(_serve(settings, args))

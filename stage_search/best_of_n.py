@@ -22,4 +22,4 @@ async def best_of_n(job: SearchJob) -> SearchResult:
         stage=None,
         stage_index=0,
     )
-    return job.whole_answer_result(branch, started)
+    return await job.whole_answer_result(branch, started)

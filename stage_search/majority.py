@@ -43,4 +43,4 @@ async def majority_vote(job: SearchJob) -> SearchResult:
             first_of_answer[answer] = contender
     contenders = list(first_of_answer.values())
     branch = await job.pick(sampled, contenders, accepted="", stage=None, stage_index=0)
-    return job.whole_answer_result(branch, started)
+    return await job.whole_answer_result(branch, started)

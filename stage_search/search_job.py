@@ -76,7 +76,11 @@ class SearchJob:
         self._seeds = itertools.count(config.seed) if config.seed is not None else None
         self.messages = self._with_stage_instruction(list(messages))
         self.judge = PairwiseJudge(
-            engine, mode=config.judge, debias=config.debias, job_id=job_id, max_tokens=config.judge_max_tokens
+            engine.judge_engine(),
+            mode=config.judge,
+            debias=config.debias,
+            job_id=job_id,
+            max_tokens=config.judge_max_tokens,
         )
 
     def _with_stage_instruction(self, messages: list[ChatMessage]) -> list[ChatMessage]:
@@ -206,7 +210,7 @@ class SearchJob:
         if self.is_final(stage_index) and chosen.token_logprobs is not None:
             self.answer_logprobs = logprobs_of_text(chosen.token_logprobs, text)
 
-    def whole_answer_result(self, branch: Branch, started: float) -> SearchResult:
+    async def whole_answer_result(self, branch: Branch, started: float) -> SearchResult:
         """A result from one whole answer (sampled after the first stage's opening tag): split into
         stages (missing ones empty), so it has the same shape as a staged search's. Stage events all
         come now: nothing is decided before the whole answer is."""
@@ -215,7 +219,7 @@ class SearchJob:
         contents[last.name] = self.config.answer.cut(contents[last.name])
         final_at = branch.text.find(last.open_tag)
         if final_at >= 0:
-            self.usage.reasoning_tokens = self.engine.count_tokens(branch.text[:final_at])
+            self.usage.reasoning_tokens = await self.engine.count_tokens(branch.text[:final_at])
         elif any(stage.open_tag in branch.text for stage in self.stages):
             self.usage.reasoning_tokens = branch.candidate.num_tokens  # no final stage: all of it reasons
         seconds = time.perf_counter() - started

@@ -45,10 +45,34 @@ async def hf_engine(tiny_mllama_dir):
     await hf.shutdown()
 
 
-@pytest.fixture(params=["vllm", "hf"], scope="session")
+@pytest.fixture(scope="session")
+def vllm_server(tiny_model_dir, cli_env, tmp_path_factory):
+    """vLLM's own OpenAI server on the tiny model, as a subprocess on loopback: the remote engine's
+    other end. Our seed-bug plugin loads in it too (it is installed in the same environment)."""
+    from helpers import kill_server, launch_vllm_server
+
+    proc, base = launch_vllm_server(tiny_model_dir, cli_env, tmp_path_factory.mktemp("vllm-server") / "vllm.log")
+    yield base
+    kill_server(proc)
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def remote_engine(vllm_server):
+    """The remote engine (`--engine remote`) on that server."""
+    from models.remote_engine import RemoteEngine
+
+    engine = RemoteEngine.connect(vllm_server)
+    yield engine
+    await engine.shutdown()
+
+
+ENGINE_FIXTURES = {"vllm": "engine", "hf": "hf_engine", "remote": "remote_engine"}
+
+
+@pytest.fixture(params=list(ENGINE_FIXTURES), scope="session")
 def any_engine(request):
-    """Each engine in turn: the contract and the search must hold on both."""
-    return request.getfixturevalue("engine" if request.param == "vllm" else "hf_engine")
+    """Each engine in turn: the contract and the search must hold on all of them."""
+    return request.getfixturevalue(ENGINE_FIXTURES[request.param])
 
 
 @pytest.fixture(scope="session")

