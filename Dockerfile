@@ -12,7 +12,8 @@ COPY stage_search ./stage_search
 COPY server ./server
 COPY bench ./bench
 COPY training ./training
-RUN pip install ".[gpu]"
+# fleet: vllm-router, for the router pods of the fleet topology (same image, `vllm-router` entrypoint).
+RUN pip install ".[gpu,fleet]"
 
 EXPOSE 8000
 ENTRYPOINT ["llava-o1", "serve", "--host", "0.0.0.0", "--port", "8000"]

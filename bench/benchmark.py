@@ -6,7 +6,9 @@ Modes, on one engine and model, one after another in one invocation:
 - reference: the published procedure's cost profile (bench/reference_procedure.py), one
   request at a time;
 - raw: the same candidate tokens per request as ours measured, sampled plainly (n = beam width,
-  one engine call, no stages, no judge), at the same concurrency, straight on the engine.
+  one engine call, no stages, no judge), at the same concurrency, straight on the engine;
+- remote: as ours, but the server runs `--engine remote` on vLLM's own OpenAI server, started here
+  on the same model (bench/remote_target.py); it also reports what crossed the wire per search.
 """
 
 from __future__ import annotations
@@ -32,10 +34,10 @@ from bench.report import Level, markdown_table, mode_result, plot, ratios
 from server.bearer import auth_headers
 
 if TYPE_CHECKING:
-    from models.engine import ChatMessage, Engine
+    from models.engine import ChatMessage, Engine, EngineStats
     from stage_search.config import SearchConfig
 
-MODES = ("ours", "reference", "raw")
+MODES = ("ours", "reference", "raw", "remote")
 
 
 @dataclass(frozen=True)
@@ -76,11 +78,8 @@ async def serving(args: argparse.Namespace, plan: Plan, config: SearchConfig) ->
         model = httpx.get(base_url + "/v1/models", headers=auth_headers(args.api_key)).json()["data"][0]["id"]
         yield Target(base_url, model)
         return
-    import uvicorn
 
     from models.engine_factory import start_engine
-    from server.app import create_app
-    from server.settings import ServerSettings
 
     if args.model is None:
         # The benchmark's model is the random tiny one: it never ends a stage early, so every
@@ -92,26 +91,58 @@ async def serving(args: argparse.Namespace, plan: Plan, config: SearchConfig) ->
     print("starting the engine ...", file=sys.stderr)
     engine = start_engine(args)
     try:
-        settings = ServerSettings(
-            search=config,
-            max_beam_width=max(args.beam_width, 1),
-            max_concurrent_searches=max(plan.levels),
-            max_queue=max(args.requests, 64),
-        )
-        port = _free_port()
-        server = uvicorn.Server(
-            uvicorn.Config(create_app(engine, settings), host="127.0.0.1", port=port, log_level="warning")
-        )
-        server_task = asyncio.create_task(server.serve())
-        try:
-            while not server.started:
-                await asyncio.sleep(0.05)
-            yield Target(f"http://127.0.0.1:{port}", engine.model_name, engine)
-        finally:
-            server.should_exit = True
-            await server_task
+        async with serving_engine(engine, plan, config) as target:
+            yield target
     finally:
         await engine.shutdown()
+
+
+@contextlib.asynccontextmanager
+async def serving_engine(engine: Engine, plan: Plan, config: SearchConfig) -> AsyncIterator[Target]:
+    """Our HTTP server around `engine`, on loopback."""
+    import uvicorn
+
+    from server.app import create_app
+    from server.settings import ServerSettings
+
+    settings = ServerSettings(
+        search=config,
+        max_beam_width=max(config.beam_width, 1),
+        max_concurrent_searches=max(plan.levels),
+        max_queue=max(len(plan.questions), 64),
+    )
+    port = _free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(engine, settings), host="127.0.0.1", port=port, log_level="warning")
+    )
+    server_task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            await asyncio.sleep(0.05)
+        yield Target(f"http://127.0.0.1:{port}", engine.model_name, engine)
+    finally:
+        server.should_exit = True
+        await server_task
+
+
+@contextlib.asynccontextmanager
+async def serving_remote(args: argparse.Namespace, plan: Plan, config: SearchConfig) -> AsyncIterator[Target | None]:
+    """For the remote mode: our server with the remote engine on a vLLM server started here (None
+    when the mode is not asked for)."""
+    if "remote" not in plan.modes:
+        yield None
+        return
+    from bench.remote_target import vllm_server
+    from models.remote_engine import RemoteEngine
+
+    with vllm_server(args) as url:
+        served = args.served_model_name[0] if args.served_model_name else None
+        engine = RemoteEngine.connect(url, served, send_priority=True)
+        try:
+            async with serving_engine(engine, plan, config) as target:
+                yield target
+        finally:
+            await engine.shutdown()
 
 
 async def run_ours(
@@ -208,9 +239,14 @@ async def bench(args: argparse.Namespace) -> dict:
     ours: dict[int, list[Level]] = {c: [] for c in plan.levels}
     raw: dict[int, list[Level]] = {c: [] for c in plan.levels}
     modes: dict[str, dict] = {}
-    async with serving(args, plan, config) as target:
+    remote: dict[int, list[Level]] = {c: [] for c in plan.levels}
+    wire: dict[str, float] = {}
+    async with serving(args, plan, config) as target, serving_remote(args, plan, config) as remote_target:
         # Warm-up through the server, whatever the modes: the first requests pay one-off costs.
         await run_ours(args, target, 1, 0, warmup=4)
+        if remote_target is not None:
+            await run_ours(args, remote_target, 1, 0, warmup=4)
+            wire_before = remote_target.engine.stats() if remote_target.engine else None
         # ours and raw take turns, round after round: a slow spell of this shared machine then
         # falls on both, instead of on whichever mode happened to run during it.
         for round_ in range(args.rounds):
@@ -218,6 +254,8 @@ async def bench(args: argparse.Namespace) -> dict:
             for c in plan.levels:
                 if "ours" in plan.modes:
                     ours[c].append(await run_ours(args, target, c, args.requests, label=label))
+                if remote_target is not None:
+                    remote[c].append(await run_ours(args, remote_target, c, args.requests, label=f" remote{label}"))
                 if "raw" in plan.modes and target.engine is not None:
                     per_candidate = raw_tokens_per_candidate(args, ours)
                     raw[c].append(await run_raw(args, plan, target.engine, config, c, per_candidate, label))
@@ -227,10 +265,17 @@ async def bench(args: argparse.Namespace) -> dict:
             modes["reference"] = mode_result([await run_reference(args, plan, target.engine, config)])
         if "raw" in plan.modes:
             modes["raw"] = mode_result([Level.merged(runs) for runs in raw.values()])
+        if remote_target is not None:
+            modes["remote"] = mode_result([Level.merged(runs) for runs in remote.values()])
+            searches = sum(len(level.samples) for runs in remote.values() for level in runs)
+            if remote_target.engine is not None and wire_before is not None and searches:
+                wire = wire_per_search(wire_before, remote_target.engine.stats(), searches)
     pooled, by_round = ratios(modes)
     results: dict = {"modes": modes, "ratios": pooled}
     if by_round:
         results["ratios_by_round"] = by_round
+    if wire:
+        results["remote_wire_per_search"] = wire
     results["settings"] = {
         "beam_width": args.beam_width,
         "max_tokens_per_stage": args.max_tokens_per_stage,
@@ -245,6 +290,23 @@ async def bench(args: argparse.Namespace) -> dict:
     results["date"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     results["command"] = "llava-o1 bench " + " ".join(args.argv)
     return results
+
+
+def wire_per_search(before: EngineStats, after: EngineStats, searches: int) -> dict[str, float]:
+    """What the remote engine sent per search: requests, bytes, image uploads; and the bytes it
+    would have sent with the image in every request, for comparison."""
+    requests = (after.wire_requests - before.wire_requests) / searches
+    sent = (after.wire_bytes - before.wire_bytes) / searches
+    uploads = (after.wire_image_uploads - before.wire_image_uploads) / searches
+    image_bytes = (after.wire_image_bytes - before.wire_image_bytes) / searches
+    per_upload = image_bytes / uploads if uploads else 0.0
+    return {
+        "requests": requests,
+        "bytes": sent,
+        "image_uploads": uploads,
+        "image_bytes_per_upload": per_upload,
+        "bytes_if_every_request_carried_the_image": sent + (requests - uploads) * per_upload,
+    }
 
 
 def _free_port() -> int:
@@ -264,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
         verbose_flag=True,
     )
     group = parser.add_argument_group("benchmark")
-    group.add_argument("--modes", default=",".join(MODES), help="comma-separated: ours, reference, raw")
+    group.add_argument("--modes", default="ours,reference,raw", help="comma-separated: ours, reference, raw, remote")
     group.add_argument("--concurrency", default="16", help="concurrent clients; a comma-separated list for a sweep")
     group.add_argument("--beam-width", type=int, default=4)
     group.add_argument("--max-tokens-per-stage", type=int, default=48)

@@ -69,7 +69,7 @@ def mode_result(levels: list[Level]) -> dict:
 
 
 def ratios(modes: dict[str, dict]) -> tuple[dict[str, float], dict[str, list[float]]]:
-    """ours/reference and ours/raw request rates, pooled, and ours/raw round by round."""
+    """ours/reference, ours/raw and remote/ours request rates, pooled, and the last two round by round."""
     rps = {name: mode["requests_per_second"] for name, mode in modes.items()}
     pooled: dict[str, float] = {}
     by_round: dict[str, list[float]] = {}
@@ -83,6 +83,12 @@ def ratios(modes: dict[str, dict]) -> tuple[dict[str, float], dict[str, list[flo
             modes["ours"]["rounds_requests_per_second"], modes["raw"]["rounds_requests_per_second"], strict=True
         )
         by_round["ours_vs_raw"] = [ours / raw for ours, raw in rounds if raw]
+    if "ours" in rps and "remote" in rps and rps["ours"]:
+        pooled["remote_vs_ours"] = rps["remote"] / rps["ours"]
+        rounds = zip(
+            modes["remote"]["rounds_requests_per_second"], modes["ours"]["rounds_requests_per_second"], strict=True
+        )
+        by_round["remote_vs_ours"] = [remote / ours for remote, ours in rounds if ours]
     return pooled, by_round
 
 
@@ -107,6 +113,12 @@ def markdown_table(results: dict) -> str:
             rounds = by_round.get(name, [])
             spread = f" (by round: {', '.join(f'{r:.2f}x' for r in rounds)})" if len(rounds) > 1 else ""
             rows.append(f"- {name.replace('_', ' ')}: {ratio:.2f}x request rate{spread}")
+    if wire := results.get("remote_wire_per_search"):
+        rows.append(
+            f"- remote, per search: {wire['requests']:.1f} engine requests, {wire['bytes'] / 1024:.1f} KiB sent, "
+            f"{wire['image_uploads']:.2f} image uploads of {wire['image_bytes_per_upload'] / 1024:.1f} KiB "
+            f"(with the image in every request: {wire['bytes_if_every_request_carried_the_image'] / 1024:.1f} KiB)"
+        )
     return "\n".join(rows)
 
 

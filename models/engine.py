@@ -187,6 +187,12 @@ class EngineStats:
     kv_cache_usage: float = 0.0  # 0..1
     prefix_cache_queries: int = 0  # tokens looked up in the prefix cache, since start
     prefix_cache_hits: int = 0  # tokens found there, since start
+    # A remote engine's traffic since start (zero in process): requests, their bodies' bytes, and
+    # the images they carried as data, with those bytes (the other requests name images by digest).
+    wire_requests: int = 0
+    wire_bytes: int = 0
+    wire_image_uploads: int = 0
+    wire_image_bytes: int = 0
 
     @property
     def prefix_cache_hit_ratio(self) -> float:

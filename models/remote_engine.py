@@ -60,6 +60,7 @@ _ENCODED_IMAGES = 64
 _CACHE_MISS_WORDS = "cache miss"
 _PROMPT_LENGTH_WORDS = ("maximum context length", "maximum model length", "context length")
 STATS_POLL_S = 1.0
+HEALTH_PATHS = ("/health", "/readiness")
 
 
 @dataclass(frozen=True)
@@ -110,8 +111,7 @@ class RemoteEngine(Engine):
         self._stats = EngineStats()
         self._stats_task: asyncio.Task | None = None
         self._closed = False
-        self.bytes_sent = 0  # request bodies, since start
-        self.requests_sent = 0
+        self._wire = {"requests": 0, "bytes": 0, "image_uploads": 0, "image_bytes": 0}
         self._ids = itertools.count()
 
     @classmethod
@@ -345,8 +345,8 @@ class RemoteEngine(Engine):
 
     async def _post(self, body: dict, job_id: str, stream: bool) -> httpx.Response:
         content = json.dumps(body, separators=(",", ":")).encode()
-        self.bytes_sent += len(content)
-        self.requests_sent += 1
+        self._wire["requests"] += 1
+        self._wire["bytes"] += len(content)
         headers = {self._session_header: job_id, "Content-Type": "application/json"}
         url = f"{self.url}/v1/chat/completions"
         request = self._client.build_request("POST", url, content=content, headers=headers)
@@ -375,6 +375,9 @@ class RemoteEngine(Engine):
                 continue
             digest = image_digest(part.image)
             url = self._data_url(digest, part.image) if digest in with_images else None
+            if url is not None:
+                self._wire["image_uploads"] += 1
+                self._wire["image_bytes"] += len(url)
             parts.append({"type": "image_url", "image_url": {"url": url} if url else None, "uuid": digest})
         return {"role": message.role, "content": parts}
 
@@ -427,14 +430,26 @@ class RemoteEngine(Engine):
         if self._closed:
             return False
         self._ensure_stats_polling()
-        try:
-            response = await self._client.get(f"{self.url}/health", timeout=5)
-        except httpx.HTTPError:
-            return False
-        return response.status_code == 200
+        # A vLLM server answers /health. vllm-router answers /health with 503 as soon as one of its
+        # workers is down, and /readiness with 200 while any is up: that is "can serve" for us.
+        for path in HEALTH_PATHS:
+            try:
+                response = await self._client.get(f"{self.url}{path}", timeout=5)
+            except httpx.HTTPError:
+                return False
+            if response.status_code == 200:
+                return True
+        return False
 
     def stats(self) -> EngineStats:
-        return self._stats
+        wire = self._wire
+        return dataclasses.replace(
+            self._stats,
+            wire_requests=wire["requests"],
+            wire_bytes=wire["bytes"],
+            wire_image_uploads=wire["image_uploads"],
+            wire_image_bytes=wire["image_bytes"],
+        )
 
     def num_unfinished_requests(self) -> int:
         """Requests this front end has open with the engine."""
@@ -452,7 +467,7 @@ class RemoteEngine(Engine):
                 response = await self._client.get(f"{self.url}/metrics", timeout=5)
                 if response.status_code == 200:
                     self._stats = stats_from_metrics(response.text)
-            except httpx.HTTPError:
+            except (httpx.HTTPError, ValueError):  # away for now, or not Prometheus text: keep the last
                 pass
             await asyncio.sleep(STATS_POLL_S)
 

@@ -7,7 +7,7 @@ trace says, and the engine and GPU figures are read at scrape time.
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from models.engine import Engine
 from server.gpu_metrics import GpuCollector
@@ -38,6 +38,18 @@ class EngineCollector:
             family = GaugeMetricFamily(name, help_text)
             family.add_metric([], value)
             yield family
+        for name, help_text, count in (
+            ("llava_o1_engine_wire_requests", "Requests sent to a remote engine", stats.wire_requests),
+            ("llava_o1_engine_wire_bytes", "Request body bytes sent to a remote engine", stats.wire_bytes),
+            (
+                "llava_o1_engine_image_uploads",
+                "Remote engine requests that carried image data (the rest name images by digest)",
+                stats.wire_image_uploads,
+            ),
+        ):
+            counter = CounterMetricFamily(name, help_text)
+            counter.add_metric([], count)
+            yield counter
 
 
 class ServerMetrics:

