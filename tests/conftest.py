@@ -61,7 +61,7 @@ async def remote_engine(vllm_server):
     """The remote engine (`--engine remote`) on that server."""
     from models.remote_engine import RemoteEngine
 
-    engine = RemoteEngine.connect(vllm_server)
+    engine = RemoteEngine.connect(vllm_server, send_priority=True)
     yield engine
     await engine.shutdown()
 

@@ -252,7 +252,8 @@ def launch_vllm_server(
     port = free_port()
     args = ["--model", str(model_dir), "--served-model-name", served_name, "--port", str(port), "--dtype", "float32"]
     args += ["--max-model-len", "4096", "--block-size", "32", "--max-num-batched-tokens", str(TEST_MAX_BATCHED_TOKENS)]
-    args += ["--enable-prompt-tokens-details", *extra]
+    # Priority scheduling, as our own engine runs by default: the remote engine then sends priorities.
+    args += ["--enable-prompt-tokens-details", "--scheduling-policy", "priority", *extra]
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "vllm.entrypoints.openai.api_server", *args],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -140,7 +141,9 @@ def test_vllm_per_weight_warnings_are_quiet_unless_verbose(cli_env, tiny_model_d
         "--max-tokens-per-stage",
         "2",
     ]
-    quiet, verbose = run(args, cli_env, timeout=300), run([*args, "-v"], cli_env, timeout=300)
+    # Side by side: most of each run is vLLM starting up.
+    with ThreadPoolExecutor(2) as pool:
+        quiet, verbose = pool.map(lambda a: run(a, cli_env, timeout=300), [args, [*args, "-v"]])
     assert quiet.returncode == 0 and verbose.returncode == 0, quiet.stderr[-3000:] + verbose.stderr[-3000:]
     assert "Attempted to load weight" in verbose.stderr  # the load does warn ...
     assert "Attempted to load weight" not in quiet.stderr + quiet.stdout  # ... and by default it is quiet
@@ -148,8 +151,10 @@ def test_vllm_per_weight_warnings_are_quiet_unless_verbose(cli_env, tiny_model_d
 
 def test_every_command_help_lists_its_own_options_first(cli_env):
     own = {"bench": "--modes", "eval": "--data", "ask": "--question", "serve": "--max-concurrent-searches"}
+    with ThreadPoolExecutor(2) as pool:  # each imports vLLM for its flags
+        helps = dict(zip(own, pool.map(lambda command: run([command, "--help"], cli_env), own), strict=True))
     for command, option in own.items():
-        done = run([command, "--help"], cli_env)
+        done = helps[command]
         assert done.returncode == 0, done.stderr[-2000:]
         assert option in done.stdout
         assert ("-v, --verbose" in done.stdout) == (command != "serve")

@@ -96,7 +96,7 @@ def fleet(vllm_server, tiny_model_dir, cli_env, tmp_path_factory):
             replica_b, b_url = keep(b_started.result())
             _, judge_url = keep(judge_started.result())
         _, router_url = keep(launch_router([vllm_server, b_url], cli_env, logs / "router.log"))
-        remote = ["--engine", "remote", "--engine-url", router_url, "--api-key", API_KEY]
+        remote = ["--engine", "remote", "--engine-url", router_url, "--engine-priority", "--api-key", API_KEY]
         judged = [*remote, "--judge-engine-url", judge_url, "--judge-model", JUDGE_MODEL]
         front_ends = [
             keep(launch_server(remote, cli_env, logs / "front-end-1.log"))[1],
