@@ -20,7 +20,6 @@ import asyncio
 import base64
 import dataclasses
 import io
-import itertools
 import json
 import logging
 import math
@@ -112,7 +111,6 @@ class RemoteEngine(Engine):
         self._stats_task: asyncio.Task | None = None
         self._closed = False
         self._wire = {"requests": 0, "bytes": 0, "image_uploads": 0, "image_bytes": 0}
-        self._ids = itertools.count()
 
     @classmethod
     def connect(
