@@ -18,6 +18,14 @@ if TYPE_CHECKING:
 FinishReason = Literal["stop", "length", "abort"]
 
 
+def finish_reason_of(reason: str | None) -> FinishReason:
+    """The contract's finish reason for vLLM's (in process or over its API): "stop" for a stop
+    string or end-of-turn, "length" at max_tokens, anything else (an abort) "abort"."""
+    if reason == "stop":
+        return "stop"
+    return "length" if reason == "length" else "abort"
+
+
 class EngineError(RuntimeError):
     """The engine cannot serve any more requests (it died or was shut down)."""
 

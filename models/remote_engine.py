@@ -38,7 +38,6 @@ from models.engine import (
     Engine,
     EngineError,
     EngineStats,
-    FinishReason,
     Generation,
     InvalidRequestError,
     Prompt,
@@ -46,6 +45,7 @@ from models.engine import (
     SamplingSettings,
     StreamDelta,
     TokenLogprob,
+    finish_reason_of,
 )
 from models.image_digest import image_digest
 from models.option_tokens import OptionTokens, softmax
@@ -551,7 +551,7 @@ def _candidate(choice: dict, text: str, top: int | None) -> Candidate:
         text=text,
         num_tokens=len(choice.get("token_ids") or ()),
         cumulative_logprob=sum(step["logprob"] for step in steps) if steps else None,
-        finish_reason=_finish_reason(choice.get("finish_reason")),
+        finish_reason=finish_reason_of(choice.get("finish_reason")),
         stop_reason=stop_reason if isinstance(stop_reason, str) else None,
         token_logprobs=None if top is None or steps is None else tuple(_token_logprob(step, top) for step in steps),
     )
@@ -560,12 +560,6 @@ def _candidate(choice: dict, text: str, top: int | None) -> Candidate:
 def _token_logprob(step: dict, top: int) -> TokenLogprob:
     alternatives = tuple((alt["token"], alt["logprob"]) for alt in (step.get("top_logprobs") or ())[:top])
     return TokenLogprob(step["token"], step["logprob"], alternatives)
-
-
-def _finish_reason(reason: str | None) -> FinishReason:
-    if reason == "stop":
-        return "stop"
-    return "length" if reason == "length" else "abort"
 
 
 def _usage(answer: dict) -> tuple[int, int]:

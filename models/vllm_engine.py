@@ -20,7 +20,6 @@ from models.engine import (
     Engine,
     EngineError,
     EngineStats,
-    FinishReason,
     Generation,
     InvalidRequestError,
     Prompt,
@@ -28,6 +27,7 @@ from models.engine import (
     SamplingSettings,
     StreamDelta,
     TokenLogprob,
+    finish_reason_of,
 )
 from models.image_digest import image_digest
 from models.option_tokens import OptionTokens, softmax
@@ -313,7 +313,7 @@ def _candidate(completion: CompletionOutput, top_logprobs: int | None = None) ->
         text=completion.text,
         num_tokens=len(completion.token_ids),
         cumulative_logprob=completion.cumulative_logprob,
-        finish_reason=_finish_reason(completion.finish_reason),
+        finish_reason=finish_reason_of(completion.finish_reason),
         stop_reason=completion.stop_reason if isinstance(completion.stop_reason, str) else None,
         token_logprobs=(
             None if top_logprobs is None else _token_logprobs(completion.token_ids, completion.logprobs, top_logprobs)
@@ -331,13 +331,6 @@ def _token_logprobs(token_ids: Sequence[int], steps, top: int) -> tuple[TokenLog
         alternatives = tuple((lp.decoded_token or "", lp.logprob) for lp in ranked)
         out.append(TokenLogprob(sampled.decoded_token or "", sampled.logprob, alternatives))
     return tuple(out)
-
-
-def _finish_reason(reason: str | None) -> FinishReason:
-    # vLLM says "stop" for both a stop string and end-of-turn, "length" at max_tokens, "abort" if aborted.
-    if reason == "stop":
-        return "stop"
-    return "length" if reason == "length" else "abort"
 
 
 def _prompt_tokens(output: RequestOutput) -> int:
