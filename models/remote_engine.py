@@ -39,9 +39,7 @@ from models.engine import (
     EngineError,
     EngineStats,
     Generation,
-    InvalidRequestError,
     Prompt,
-    PromptTooLongError,
     SamplingSettings,
     StreamDelta,
     TokenLogprob,
@@ -49,6 +47,7 @@ from models.engine import (
 )
 from models.image_digest import image_digest
 from models.option_tokens import OptionTokens, softmax
+from models.vllm_refusals import vllm_refusal
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +56,6 @@ DEFAULT_SESSION_HEADER = "X-Session-ID"
 _REMEMBERED_SEARCHES = 4096
 _ENCODED_IMAGES = 64
 _CACHE_MISS_WORDS = "cache miss"
-_PROMPT_LENGTH_WORDS = ("maximum context length", "maximum model length", "context length")
 STATS_POLL_S = 1.0
 HEALTH_PATHS = ("/health", "/readiness")
 
@@ -300,7 +298,7 @@ class RemoteEngine(Engine):
                 chunk = json.loads(data)
                 if "error" in chunk:
                     error = chunk["error"] if isinstance(chunk["error"], dict) else {"message": str(chunk["error"])}
-                    chunks.put_nowait(self._refusal(error.get("message", data), error))
+                    chunks.put_nowait(vllm_refusal(error.get("message", data), error.get("param")))
                     return
                 chunks.put_nowait(chunk)
             chunks.put_nowait(None)
@@ -318,8 +316,8 @@ class RemoteEngine(Engine):
         if not isinstance(prompt, RemotePrompt):
             raise TypeError("the remote engine takes prompts from its own render()")
         self._ensure_stats_polling()
-        held = self._images_held.get(job_id, set())
-        with_images = {image_digest(image) for image in prompt.images} - held
+        every_image = {image_digest(image) for image in prompt.images}
+        with_images = every_image - self._images_held.get(job_id, set())
         for attempt in range(2):
             body = self._body(prompt, fields, with_images, priority)
             response = await self._post(body, job_id, stream)
@@ -332,12 +330,12 @@ class RemoteEngine(Engine):
                 await response.aclose()
             error = _error_of(response)
             message = error.get("message", response.text[:500])
-            if attempt == 0 and with_images != {image_digest(i) for i in prompt.images} and _is_cache_miss(message):
+            if attempt == 0 and with_images != every_image and _is_cache_miss(message):
                 log.info("the engine no longer holds an image of %s; sending it again", job_id)
-                with_images = {image_digest(image) for image in prompt.images}
+                with_images = every_image
                 continue
             if 400 <= response.status_code < 500 and response.status_code not in (401, 403, 404, 408, 429):
-                raise self._refusal(message, error)
+                raise vllm_refusal(message, error.get("param"))
             raise EngineError(f"the engine at {self.url} answered {response.status_code}: {message}")
         raise AssertionError("unreachable")
 
@@ -399,11 +397,6 @@ class RemoteEngine(Engine):
         self._images_held.move_to_end(job_id)
         while len(self._images_held) > _REMEMBERED_SEARCHES:
             self._images_held.popitem(last=False)
-
-    def _refusal(self, message: str, error: dict) -> InvalidRequestError:
-        if any(words in message for words in _PROMPT_LENGTH_WORDS):
-            return PromptTooLongError(message)
-        return InvalidRequestError(message, param=error.get("param"))
 
     async def _tokenize(self, text: str) -> list[int]:
         body = {"model": self.model_name, "prompt": text, "add_special_tokens": False}

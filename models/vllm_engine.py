@@ -21,9 +21,7 @@ from models.engine import (
     EngineError,
     EngineStats,
     Generation,
-    InvalidRequestError,
     Prompt,
-    PromptTooLongError,
     SamplingSettings,
     StreamDelta,
     TokenLogprob,
@@ -31,6 +29,7 @@ from models.engine import (
 )
 from models.image_digest import image_digest
 from models.option_tokens import OptionTokens, softmax
+from models.vllm_refusals import vllm_refusal
 from models.vllm_stats import VllmStatsCollector
 
 if TYPE_CHECKING:
@@ -198,7 +197,7 @@ class VllmEngine(Engine):
         except (VLLMClientError, ValueError) as exc:
             # vLLM refuses bad input while adding the request, as its client-error class or (in older
             # checks of its input processor) a bare ValueError: both are the client's, never a 500.
-            raise _refusal(exc) from exc
+            raise vllm_refusal(str(exc), getattr(exc, "parameter", None)) from exc
         except EngineDeadError as exc:
             raise EngineError(f"the engine died: {exc}") from exc
         except (asyncio.CancelledError, GeneratorExit):
@@ -249,24 +248,6 @@ class VllmEngine(Engine):
             # teardown, where it fails noisily on already-cleared globals. Every use checks _closed.
             del self._llm
             gc.collect()
-
-
-# vLLM's names for a prompt over the context: its renderer checks characters, then tokens; its
-# input processor words the same check differently.
-_PROMPT_LENGTH_PARAMS = {"input_text", "input_tokens", "prompt_token_ids"}
-_PROMPT_LENGTH_WORDS = ("maximum context length", "maximum model length")
-_STRUCTURED_OUTPUT_WORDS = ("json schema", "grammar", "structured output")
-
-
-def _refusal(exc: Exception) -> InvalidRequestError:
-    """The contract's error for input vLLM refused."""
-    param = getattr(exc, "parameter", None)
-    message = str(exc)
-    if param in _PROMPT_LENGTH_PARAMS or any(words in message for words in _PROMPT_LENGTH_WORDS):
-        return PromptTooLongError(message)
-    if param is None and any(words in message.lower() for words in _STRUCTURED_OUTPUT_WORDS):
-        param = "json_schema"  # vLLM's structured-output checks name no parameter
-    return InvalidRequestError(message, param=param)
 
 
 def _sampling_params(settings: SamplingSettings, output_kind: RequestOutputKind) -> SamplingParams:

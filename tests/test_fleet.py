@@ -29,6 +29,7 @@ from helpers import (
     launch_vllm_server,
     metric_value,
     wait_for,
+    wait_until_answering,
 )
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -60,18 +61,7 @@ def launch_router(workers: list[str], env: dict[str, str], log_path: Path) -> tu
     args += ["--policy", "consistent_hash", "--health-check-interval-secs", "1", "--health-failure-threshold", "1"]
     with open(log_path, "w") as log:
         proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    if not wait_for(lambda: _answers(f"{base}/readiness"), timeout=60):
-        kill_server(proc)
-        pytest.fail("vllm-router did not come up:\n" + log_path.read_text()[-3000:])
-    return proc, base
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
+    return wait_until_answering(proc, f"http://127.0.0.1:{port}", "/readiness", log_path, timeout=60)
 
 
 @pytest.fixture(scope="module")
