@@ -412,8 +412,9 @@ def test_every_vllm_validation_error_is_a_400_naming_the_field(refusal, status, 
     """vLLM's whole client-error class is mapped once, whatever check raised it."""
     from vllm.exceptions import VLLMValidationError
 
-    from models.vllm_engine import _refusal
+    from models.vllm_refusals import vllm_refusal
     from server.errors import search_error
 
-    error = search_error(_refusal(VLLMValidationError(refusal.pop("message"), **refusal)), 60)
+    exc = VLLMValidationError(refusal.pop("message"), **refusal)
+    error = search_error(vllm_refusal(str(exc), exc.parameter), 60)
     assert error is not None and (error.status, error.param, error.code) == (status, param, code)

@@ -33,8 +33,9 @@ from models.engine import EngineError, SamplingSettings
 from server.lifecycle import STOPPING_GRACE_S
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
-# Long enough to be in flight for seconds: the random tiny model writes every stage to its limit.
-LONG = {"beam_width": 4, "max_tokens_per_stage": 400}
+# In flight for tens of seconds here, and still for seconds on a machine several times faster or
+# on one whose numerics end the random tiny model's stages early.
+LONG = {"beam_width": 4, "max_tokens_per_stage": 2000}
 
 
 def tiny_server(tiny_model_dir: Path, env: dict[str, str], log_path: Path, *extra: str):
@@ -46,6 +47,19 @@ def engine_core_pids(server_pid: int) -> list[int]:
     """The vLLM engine core processes started by the server (named VLLM::EngineCore)."""
     children = subprocess.run(["pgrep", "-P", str(server_pid)], capture_output=True, text=True).stdout.split()
     return [int(pid) for pid in children if "EngineCor" in Path(f"/proc/{pid}/comm").read_text()]
+
+
+def process_tree(pid: int) -> str:
+    """`ps` of the server's process group, for a failure message."""
+    return subprocess.run(["ps", "-o", "pid,ppid,stat,comm", "-g", str(pid)], capture_output=True, text=True).stdout
+
+
+def is_gone(pid: int) -> bool:
+    """Dead: no such process, or a zombie its parent has not reaped yet."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z")
+    except (FileNotFoundError, ProcessLookupError):
+        return True
 
 
 def print_log_tail(log_path: Path, chars: int = 4000) -> None:
@@ -78,13 +92,18 @@ def test_killing_the_engine_core_fails_requests_with_503_and_exits_non_zero(tiny
         in_flight = wait_for(lambda: requests_in_flight(base) == 4, timeout=30)
         assert in_flight, f"the four searches were never all in flight: {results}"
         cores = engine_core_pids(proc.pid)
-        assert cores, "no engine core process found"
+        assert cores, f"no engine core process found:\n{process_tree(proc.pid)}"
+        tree = process_tree(proc.pid)
         for pid in cores:
             os.kill(pid, signal.SIGKILL)
         killed = time.monotonic()
+        finished_before_kill = list(results)
+        assert not finished_before_kill, f"searches ended before the kill, too short: {finished_before_kill}"
+        assert wait_for(lambda: all(is_gone(pid) for pid in cores), timeout=5), f"{cores} outlived SIGKILL:\n{tree}"
         for thread in threads:
             thread.join(timeout=30)
-        assert len(results) == 4 and all(status == 503 for status, _, _ in results), results
+        all_refused = len(results) == 4 and all(status == 503 for status, _, _ in results)
+        assert all_refused, f"{results}\nkilled {cores} of\n{tree}"
         assert all(error["error"]["code"] == "engine_unavailable" for _, error, _ in results)
         assert max(ended for _, _, ended in results) - killed < 2.0, "in-flight requests did not end within 2 s"
         refused = httpx.post(f"{base}/v1/chat/completions", json=chat_body(), headers=AUTH, timeout=10)
