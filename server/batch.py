@@ -33,6 +33,8 @@ from typing import Any
 import httpx
 
 from server.bearer import auth_headers
+from server.http_retry import post_with_backoff
+from server.jsonl_output import written_lines
 
 CHAT_URL = "/v1/chat/completions"
 # Statuses that say "later", not "no": retried with backoff (Retry-After when the server sends it).
@@ -79,20 +81,9 @@ def parse_line(number: int, text: str, seen: set[str]) -> BatchRequest | BadLine
 
 
 def done_in(output: Path) -> tuple[set[str], set[int]]:
-    """custom_ids (and line numbers of bad lines without one) already answered in `output`; a line
-    cut short by a killed run is removed, so appending starts on a fresh line."""
-    if not output.exists():
-        return set(), set()
-    raw = output.read_bytes()
-    if raw and not raw.endswith(b"\n"):
-        raw = raw[: raw.rfind(b"\n") + 1]
-        output.write_bytes(raw)
+    """custom_ids (and line numbers of bad lines without one) already answered in `output`."""
     ids, lines = set(), set()
-    for text in raw.decode().splitlines():
-        try:
-            item = json.loads(text)
-        except json.JSONDecodeError:
-            continue
+    for item in written_lines(output):
         if item.get("custom_id"):
             ids.add(item["custom_id"])
         elif isinstance(item.get("line"), int):
@@ -129,15 +120,9 @@ def error_line(bad: BadLine) -> dict[str, Any]:
 
 async def send(client: httpx.AsyncClient, request: BatchRequest) -> httpx.Response:
     """POST one request; a busy server's 429 or 503 is retried with backoff."""
-    delay = 0.5
-    for attempt in range(RETRIES + 1):
-        response = await client.post(CHAT_URL, json=request.body)
-        if response.status_code not in RETRIED_STATUSES or attempt == RETRIES:
-            return response
-        retry_after = response.headers.get("retry-after", "")
-        await asyncio.sleep(float(retry_after) if retry_after.isdigit() else delay)
-        delay = min(delay * 2, 30.0)
-    raise AssertionError("unreachable")
+    return await post_with_backoff(
+        client, CHAT_URL, request.body, retried=RETRIED_STATUSES.__contains__, retries=RETRIES
+    )
 
 
 @dataclass

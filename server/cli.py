@@ -44,6 +44,11 @@ COMMANDS: dict[str, Command] = {
         "judge_data",
         "write on-policy judge turns: a model's own candidates, labelled against the scenes' ground truth",
     ),
+    "annotate": Command(
+        "training.annotate",
+        "main",
+        "rewrite VQA records' answers into four stages with a teacher model behind an OpenAI-style API",
+    ),
     "train": Command(
         "training.commands", "train_model", "fine-tune a model on such records (loss on the answers only)"
     ),

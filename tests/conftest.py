@@ -194,6 +194,13 @@ def hf_server(cli_env, tiny_mllama_dir, tmp_path_factory):
     yield from serve_subprocess(args, cli_env, tmp_path_factory.mktemp("hf-server") / "serve.log")
 
 
+@pytest.fixture(scope="session")
+def demo_server(cli_env, tmp_path_factory):
+    """`llava-o1 serve` on its default, the committed demo model (it answers the synthetic shapes
+    questions in four stages it closes itself, mostly right), as a real subprocess on loopback."""
+    yield from serve_subprocess(["--api-key", API_KEY], cli_env, tmp_path_factory.mktemp("demo-server") / "serve.log")
+
+
 def serve_subprocess(args: list[str], env: dict[str, str], log_path: Path):
     """Start `llava-o1 serve ARGS` on a free port, wait until healthy, yield its details, stop it
     with SIGINT and check it exits cleanly."""

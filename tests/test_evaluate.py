@@ -7,7 +7,7 @@ import json
 import subprocess
 
 import pytest
-from helpers import API_KEY, kill_server, launch_server, run_cli
+from helpers import API_KEY, run_cli
 
 from bench.evaluate import valid_structure
 from training.labels import extract_answer, is_correct
@@ -165,7 +165,7 @@ def test_table_mode_scores_every_strategy_at_every_width(cli_env, tmp_path):
     assert any(q["judge_tokens"] > 0 for q in result["questions"]["stage@3"])
 
 
-def test_files_are_pooled_without_mixing_up_their_questions(cli_env, tmp_path):
+def test_files_are_pooled_without_mixing_up_their_questions(demo_server, cli_env, tmp_path):
     """Two sets whose ids repeat (both start at shapes-000000): greedy answers per file are what
     each file alone gets, and accuracy is also reported per file. The demo model answers (its
     answers differ from question to question); one server serves the three runs."""
@@ -174,7 +174,7 @@ def test_files_are_pooled_without_mixing_up_their_questions(cli_env, tmp_path):
         run_cli(cli_env, "synth-data", "--out", str(tmp_path / f"s{seed}"), "--n", "5", "--seed", str(seed),
                 "--test-fraction", "0")  # fmt: skip
         files.append(str(tmp_path / f"s{seed}" / "train.jsonl"))
-    proc, base = launch_server(["--api-key", API_KEY], cli_env, tmp_path / "serve.log")
+    base = demo_server["base"]
 
     def conclusions(*data: str) -> tuple[list[str], dict]:
         out = tmp_path / "eval.json"
@@ -183,11 +183,8 @@ def test_files_are_pooled_without_mixing_up_their_questions(cli_env, tmp_path):
         result = json.loads(out.read_text())
         return [q["conclusion"] for q in result["questions"]], result["summary"]["by_data"]
 
-    try:
-        alone = conclusions(files[0])[0] + conclusions(files[1])[0]
-        pooled, by_data = conclusions(*files)
-    finally:
-        kill_server(proc)
+    alone = conclusions(files[0])[0] + conclusions(files[1])[0]
+    pooled, by_data = conclusions(*files)
     assert len(set(alone)) > 1, "the answers must differ for the comparison to mean anything"
     assert pooled == alone
     assert set(by_data) == set(files) and all(v["questions"] == 5 for v in by_data.values())
