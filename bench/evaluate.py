@@ -23,10 +23,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from bench.benchmark_eval import is_benchmark_file, run_benchmarks
 from bench.eval_report import markdown, plot, summarize
 from bench.trace_scores import judge_outcomes, oracle_right
 from training.labels import StageLabeler, is_correct
-from training.records import question_messages, read_questions
+from training.records import image_data_url, question_messages, read_questions
 
 
 def valid_structure(trace: dict) -> bool:
@@ -45,7 +46,7 @@ def valid_structure(trace: dict) -> bool:
     return True
 
 
-async def _score_in_process(args, records: list[dict], cells: list[tuple[str, int]]) -> list[list[dict]]:
+async def _score_in_process(args, records: list[dict], cells: list[tuple[str, int]], score=None) -> list[list[dict]]:
     from models.engine_factory import start_engine
     from server.default_model import use_default_model
     from stage_search.config import SearchConfig
@@ -70,7 +71,7 @@ async def _score_in_process(args, records: list[dict], cells: list[tuple[str, in
         record = records[index]
         async with limit:
             result = await run_search(engine, messages[index], config)
-        return _score(record, result.answer, result.to_dict())
+        return (score or _score)(record, result.answer, result.to_dict())
 
     try:
         results = []
@@ -83,9 +84,7 @@ async def _score_in_process(args, records: list[dict], cells: list[tuple[str, in
         await engine.shutdown()
 
 
-async def _score_over_http(args, records: list[dict], cells: list[tuple[str, int]]) -> list[list[dict]]:
-    import base64
-
+async def _score_over_http(args, records: list[dict], cells: list[tuple[str, int]], score=None) -> list[list[dict]]:
     import httpx
 
     from server.bearer import auth_headers
@@ -98,8 +97,7 @@ async def _score_over_http(args, records: list[dict], cells: list[tuple[str, int
         async def one(record: dict, strategy: str, width: int) -> dict:
             content = []
             if record["_image_path"]:
-                data = base64.b64encode(Path(record["_image_path"]).read_bytes()).decode()
-                content.append({"type": "image_url", "image_url": {"url": f"data:image/png;base64,{data}"}})
+                content.append({"type": "image_url", "image_url": {"url": image_data_url(record["_image_path"])}})
             content.append({"type": "text", "text": record["_question"]})
             body = {
                 "model": model,
@@ -121,7 +119,7 @@ async def _score_over_http(args, records: list[dict], cells: list[tuple[str, int
                 response = await client.post("/v1/chat/completions", json=body)
             response.raise_for_status()
             trace = response.json()["reasoning"]["trace"]
-            return _score(record, trace["answer"], trace)
+            return (score or _score)(record, trace["answer"], trace)
 
         results = []
         for strategy, width in cells:
@@ -131,6 +129,9 @@ async def _score_over_http(args, records: list[dict], cells: list[tuple[str, int
 
 
 def _progress(strategy: str, width: int, scored: list[dict]) -> None:
+    if scored and "correct" not in scored[0]:  # benchmark files: scored afterwards
+        print(f"{strategy} @{width}: {len(scored)} answered", file=sys.stderr, flush=True)
+        return
     accuracy = sum(s["correct"] for s in scored) / len(scored) if scored else 0.0
     print(f"{strategy} @{width}: {accuracy:.1%} of {len(scored)}", file=sys.stderr, flush=True)
 
@@ -166,7 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         nargs="+",
         help="one or more .jsonl files of records (e.g. synth-data's test.jsonl), pooled; accuracy is "
-        "also reported per file",
+        "also reported per file. Or benchmark files as VLMEvalKit distributes them (.tsv: MMStar, MMBench, "
+        "AI2D, HallusionBench, MMVet, MathVista), scored overall, per file and per category",
     )
     group.add_argument("--strategy", default="none", choices=STRATEGY_NAMES)
     group.add_argument("--beam-width", type=int, default=1)
@@ -197,6 +199,16 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--url", help="score a running server instead of starting an engine here")
     group.add_argument("--api-key", default=os.environ.get("LLAVA_O1_API_KEY"))
     group.add_argument("--json-out", help="also write the summaries and per-question results here")
+    group.add_argument(
+        "--judge-url",
+        help="benchmark files: an OpenAI-compatible API (ending in /v1) that scores open answers (MMVet) and "
+        "reads answers no rule can (MathVista), as those benchmarks' scorers use GPT",
+    )
+    # Not --judge-model: that names the search's own judge engine (--judge-engine-url).
+    group.add_argument(
+        "--judge-url-model", help="the --judge-url judge's model name (default: the first model it lists)"
+    )
+    group.add_argument("--judge-url-api-key", help="the --judge-url judge's key (default: $OPENAI_API_KEY)")
     group.add_argument("--plot-out", help="table mode: draw accuracy against beam width to this PNG")
     add_engine_arguments(parser)
     return parser
@@ -221,6 +233,8 @@ def main(argv: Sequence[str]) -> int:
     from stage_search.config import STRATEGY_NAMES
 
     args = parse_engine_command(build_parser, argv)
+    if any(is_benchmark_file(path) for path in args.data):
+        return run_benchmarks(args)
     cells = cells_of(args, STRATEGY_NAMES)
     records = [{**record, "_data": path} for path in args.data for record in read_questions(path)[: args.limit]]
     run = _score_over_http if args.url else _score_in_process

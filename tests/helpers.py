@@ -292,3 +292,59 @@ def kill_server(proc: subprocess.Popen) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
+
+
+class ChatStub:
+    """An OpenAI-style chat endpoint on loopback that answers as `reply(body)` says: (status, JSON
+    body, or raw bytes). For the faults no real model shows on cue, and judges with known verdicts."""
+
+    def __init__(self, reply):
+        import json
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.bodies: list[dict] = []  # every request, in the order they came
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                stub.bodies.append(body)
+                status, answer = reply(body)
+                data = answer if isinstance(answer, bytes) else json.dumps(answer).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                if status == 429:
+                    self.send_header("Retry-After", "0")
+                self.end_headers()
+                try:
+                    self.wfile.write(data)
+                except BrokenPipeError:  # the client gave up waiting (a timeout test)
+                    pass
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler, bind_and_activate=False)
+        self.httpd.request_queue_size = 64  # the default backlog of 5 resets some of 8 concurrent connects
+        self.httpd.server_bind()
+        self.httpd.server_activate()
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def chat_completion(text: str) -> dict:
+    """A chat completion whose one choice says `text`."""
+    message = {"role": "assistant", "content": text}
+    return {"id": "stub", "object": "chat.completion", "choices": [{"index": 0, "message": message}]}
+
+
+def user_text(body: dict) -> str:
+    """The text of a chat request's user turn."""
+    content = next(m for m in body["messages"] if m["role"] == "user")["content"]
+    return content if isinstance(content, str) else next(p["text"] for p in content if p["type"] == "text")

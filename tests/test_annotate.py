@@ -14,11 +14,10 @@ import signal
 import subprocess
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from helpers import API_KEY, metric_value, run_cli, shapes_image, wait_for
+from helpers import API_KEY, ChatStub, chat_completion, metric_value, run_cli, shapes_image, user_text, wait_for
 
 from stage_search.stages import StageSet
 from training.annotation_check import KnownAnswer, Rejected, known_answer, staged_text
@@ -161,53 +160,26 @@ def test_the_demo_server_as_teacher_keeps_what_matches_trains_and_resumes(demo_s
 # --- faults, from a scripted teacher ----------------------------------------------------------
 
 
-class ScriptedTeacher:
-    """An OpenAI-style chat endpoint on loopback. What it does for a record is written in the
-    record's question: good, wrong, garbage, notags, refused, 429x2, slow, down, free-yes, free-no."""
+class ScriptedTeacher(ChatStub):
+    """A teacher whose behaviour for a record is written in the record's question: good, wrong,
+    garbage, notags, refused, 429x2, slow, down, free-yes, free-no."""
 
     def __init__(self, delay_s: float = 0.0):
         self.calls: list[str] = []  # the question (or "check:" + question) of every request
-        self.bodies: list[dict] = []
         self.delay_s = delay_s
         self.lock = threading.Lock()
-        teacher = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                status, reply = teacher.answer(body)
-                data = reply if isinstance(reply, bytes) else json.dumps(reply).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                if status == 429:
-                    self.send_header("Retry-After", "0")
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler, bind_and_activate=False)
-        self.httpd.request_queue_size = 64  # the default backlog of 5 resets some of 8 concurrent connects
-        self.httpd.server_bind()
-        self.httpd.server_activate()
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        super().__init__(self.answer)
 
     def answer(self, body: dict) -> tuple[int, dict | bytes]:
-        text = next(
-            p["text"] for m in body["messages"] if m["role"] == "user" for p in _parts(m) if p["type"] == "text"
-        )
+        text = user_text(body)
         checking = "Known answer:" in text
         question = re.search(r"Question: (\S+)", text).group(1)
         with self.lock:
             self.calls.append(("check:" if checking else "") + question)
-            self.bodies.append(body)
             seen = self.calls.count(question)
         time.sleep(self.delay_s)
         if checking:
-            return 200, completion("Yes." if "free-yes" in question else "No, they differ.")
+            return 200, chat_completion("Yes." if "free-yes" in question else "No, they differ.")
         known = re.search(r"Correct answer: (.+)", text).group(1)
         if "429x2" in question and seen <= 2:
             return 429, {"error": {"message": "slow down", "type": "rate_limit_error", "code": "rate_limit"}}
@@ -220,23 +192,10 @@ class ScriptedTeacher:
         if "garbage" in question:
             return 200, b"<html>oops</html>"
         if "notags" in question:
-            return 200, completion(f"The answer is {known}.")
+            return 200, chat_completion(f"The answer is {known}.")
         if "free" in question:
-            return 200, completion(staged("a round ball, red all over"))
-        return 200, completion(staged("7" if "wrong" in question else known))
-
-    def close(self):
-        self.httpd.shutdown()
-
-
-def _parts(message: dict) -> list[dict]:
-    content = message["content"]
-    return [{"type": "text", "text": content}] if isinstance(content, str) else content
-
-
-def completion(text: str) -> dict:
-    message = {"role": "assistant", "content": text}
-    return {"id": "x", "object": "chat.completion", "choices": [{"index": 0, "message": message}]}
+            return 200, chat_completion(staged("a round ball, red all over"))
+        return 200, chat_completion(staged("7" if "wrong" in question else known))
 
 
 def write_records(folder: Path, questions: list[tuple[str, str]]) -> Path:
@@ -299,7 +258,7 @@ def test_garbage_is_rejected_with_a_reason_and_busy_or_slow_teachers_are_retried
     assert teacher.calls.count("check:free-yes") == 1 and teacher.calls.count("refused") == 1
     assert "4 kept, 5 rejected" in done.stderr and f"{len(teacher.calls)} teacher calls" in done.stderr
     # The paper's way: the teacher is told the answer (the letter, for multiple choice) and the format.
-    first = teacher.bodies[teacher.calls.index("good")]
+    first = next(body for body in teacher.bodies if user_text(body).startswith("Question: good"))
     assert (
         "Correct answer: C" in json.dumps(first) and "letter of the correct option" in first["messages"][0]["content"]
     )
@@ -331,6 +290,7 @@ def test_a_run_killed_midway_resumes_without_asking_again(cli_env, tmp_path):
         run.send_signal(signal.SIGKILL)
         run.wait(timeout=10)
         written = out.read_bytes().count(b"\n")  # whole lines: a cut-short one is redone
+        time.sleep(0.5)  # a request sent just before the kill still reaches the teacher: count it here
         asked = len(teacher.calls)
         assert written < 24, "the run finished before it was killed"
         done = annotate(cli_env, teacher, vqa, out)

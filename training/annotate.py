@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import json
-import mimetypes
 import os
 import sys
 import time
@@ -37,7 +35,7 @@ from stage_search.stages import StageSet
 from training.annotation_check import KnownAnswer, Rejected, known_answer, staged_text
 from training.answer_match import options_in_question, yes_or_no
 from training.labels import expected_answer
-from training.records import IMAGE_MARK, read_questions
+from training.records import IMAGE_MARK, image_data_url, read_questions
 from training.teacher_prompts import PROMPT_STYLES, agreement_body, annotation_body
 
 CHAT_URL = "/chat/completions"  # under the teacher's base URL, which ends in /v1 as OpenAI's does
@@ -111,11 +109,6 @@ def _error_message(response: httpx.Response) -> str:
         return str(response.json()["error"]["message"])[:300]
     except (ValueError, KeyError, TypeError):
         return response.text[:300]
-
-
-def image_data_url(path: str) -> str:
-    mime = mimetypes.guess_type(path)[0] or "image/png"
-    return f"data:{mime};base64,{base64.b64encode(Path(path).read_bytes()).decode()}"
 
 
 def record_key(record: dict, number: int) -> str:

@@ -33,6 +33,15 @@ def read_questions(path: str | Path) -> list[dict]:
     return records
 
 
+def image_data_url(path: str) -> str:
+    """An image file as a data URL, as the chat API takes images inline."""
+    import base64
+    import mimetypes
+
+    mime = mimetypes.guess_type(path)[0] or "image/png"
+    return f"data:{mime};base64,{base64.b64encode(Path(path).read_bytes()).decode()}"
+
+
 def open_image(record: dict) -> Image | None:
     from PIL import Image as PILImage
 
