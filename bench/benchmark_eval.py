@@ -92,7 +92,16 @@ def summarize_benchmark(scored: list[dict]) -> dict:
 
 
 def markdown(summary: dict) -> str:
-    lines = ["| data | questions | accuracy |", "|---|---|---|"]
+    lines = []
+    if "valid_structure" in summary:  # the model ran: the row eval prints for records, first
+        lines += [
+            "| strategy | beam width | questions | accuracy | valid structure | tokens/question |",
+            "|---|---|---|---|---|---|",
+            f"| {summary['strategy']} | {summary['beam_width']} | {summary['questions']} | {summary['accuracy']:.1%} "
+            f"| {summary['valid_structure']:.1%} | {summary['tokens_per_question']:.1f} |",
+            "",
+        ]
+    lines += ["| data | questions | accuracy |", "|---|---|---|"]
     lines += [f"| {name} | {v['questions']} | {v['accuracy']:.1%} |" for name, v in summary["by_data"].items()]
     lines.append(f"| **all** | {summary['questions']} | {summary['accuracy']:.1%} |")
     lines += ["", "| category | questions | accuracy |", "|---|---|---|"]
@@ -126,6 +135,8 @@ async def _run(args) -> tuple[dict, list[dict]]:
         item.update({key: value for key, value in extra.items() if key != "prediction"}, data=path)
     summary = summarize_benchmark(scored)
     summary["judge_calls"] = judge.calls if judge else 0
+    if "valid_structure" in summary:
+        summary.update(strategy=args.strategy, beam_width=args.beam_width)
     return summary, scored
 
 

@@ -129,8 +129,13 @@ def benchmark_files(tmp_path) -> dict[str, Path]:
 
 
 def evaluate(cli_env, files: list[Path], out: Path, *extra: str) -> dict:
-    run_cli(cli_env, "eval", "--data", *map(str, files), "--json-out", str(out), *extra)
-    return json.loads(out.read_text())
+    done = run_cli(cli_env, "eval", "--data", *map(str, files), "--json-out", str(out), *extra)
+    result = json.loads(out.read_text())
+    summary = result["summary"]
+    assert f"| **all** | {summary['questions']} | {summary['accuracy']:.1%} |" in done.stdout
+    for category, figures in summary["by_category"].items():
+        assert f"| {category} | {figures['questions']} | {figures['accuracy']:.1%} |" in done.stdout
+    return result
 
 
 def test_each_layout_is_read_as_its_benchmark_scores_it(benchmark_files, tmp_path):
@@ -207,6 +212,7 @@ def test_the_demo_model_answers_a_benchmark_file_and_our_server_judges(demo_serv
     right = [re.findall(r"\b([A-D])\b", q["prediction"])[-1:] == [q["answer"]] for q in choices]
     assert result["summary"]["by_data"][str(choice)]["accuracy"] == pytest.approx(sum(right) / len(right))
     assert any(right), "the demo model answers some of its own kind of question right"
+    assert result["summary"]["strategy"] == "none" and result["summary"]["beam_width"] == 1
     assert all(q["valid"] for q in choices), "every answer in four stages the model closed itself"
     # The open answers went to the judge, over HTTP, to our own server: one call each.
     opened = [q for q in questions if q["data"] == str(open_answers)]
