@@ -116,7 +116,12 @@ async def _run(args) -> tuple[dict, list[dict]]:
     from server.bearer import auth_headers
 
     with tempfile.TemporaryDirectory(prefix="llava-o1-eval-") as image_dir:
-        rows: list[tuple[str, Row]] = [(p, r) for p in args.data for r in read_benchmark(p, image_dir)[: args.limit]]
+        try:
+            rows: list[tuple[str, Row]] = [
+                (p, r) for p in args.data for r in read_benchmark(p, image_dir)[: args.limit]
+            ]
+        except (OSError, ValueError, SyntaxError) as exc:  # no such file, not base64, not an image, bad choices
+            raise SystemExit(f"llava-o1 eval: cannot read the benchmark file: {exc}") from exc
         records = [{"id": row.index, "_question": row.prompt, "_image_path": row.image_path} for _, row in rows]
         if all(row.prediction is not None for _, row in rows):
             ran: list[dict] = [{"prediction": row.prediction or ""} for _, row in rows]

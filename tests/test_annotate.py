@@ -242,7 +242,13 @@ def test_garbage_is_rejected_with_a_reason_and_busy_or_slow_teachers_are_retried
         ("free-no", "a red ball"),
     ]
     out = tmp_path / "staged.jsonl"
-    done = annotate(cli_env, teacher, write_records(tmp_path, questions), out)
+    vqa = write_records(tmp_path, questions)
+    turns = [{"from": "human", "value": "<image>\ngood"}, {"from": "gpt", "value": "3"}]
+    lost = {"id": "lost", "image": "lost.png", "conversations": turns}
+    unknown = {"id": "unknown", "conversations": turns[:1]}
+    with vqa.open("a") as lines:  # a line that is no record, a missing image, no answer
+        lines.write("{not json\n" + json.dumps(lost) + "\n" + json.dumps(unknown) + "\n")
+    done = annotate(cli_env, teacher, vqa, out)
     assert done.returncode == 0, done.stderr
     kept = {r["id"] for r in map(json.loads, out.read_text().splitlines())}
     reasons = {
@@ -254,9 +260,12 @@ def test_garbage_is_rejected_with_a_reason_and_busy_or_slow_teachers_are_retried
     assert reasons["r3"] == "no <SUMMARY>...</SUMMARY> stage"
     assert reasons["r4"].startswith("the teacher refused the request: HTTP 400 image too large")
     assert "does not give 'a red ball'" in reasons["r8"]
+    assert reasons["line-10"] == "not a record with a human turn in `conversations`"
+    assert reasons["lost"] == "no image file 'lost.png' next to the input"
+    assert reasons["unknown"].startswith("no known answer")
     assert teacher.calls.count("429x2") == 3 and teacher.calls.count("slow") == 2
     assert teacher.calls.count("check:free-yes") == 1 and teacher.calls.count("refused") == 1
-    assert "4 kept, 5 rejected" in done.stderr and f"{len(teacher.calls)} teacher calls" in done.stderr
+    assert "4 kept, 8 rejected" in done.stderr and f"{len(teacher.calls)} teacher calls" in done.stderr
     # The paper's way: the teacher is told the answer (the letter, for multiple choice) and the format.
     first = next(body for body in teacher.bodies if user_text(body).startswith("Question: good"))
     assert (

@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -219,3 +220,9 @@ def test_the_demo_model_answers_a_benchmark_file_and_our_server_judges(demo_serv
     assert [q["scored_by"] for q in opened] == ["judge"] * 3 and all(0.0 <= q["score"] <= 1.0 for q in opened)
     assert result["summary"]["judge_calls"] == 3
     assert metric_value(base, "llava_o1_requests_total") - served == len(questions) + 3
+
+
+def test_a_file_eval_cannot_read_is_a_clear_error(cli_env, tmp_path):
+    bad = write_tsv(tmp_path / "bad.tsv", [{"index": 0, "question": "q", "answer": "A", "image": "not an image!"}])
+    done = subprocess.run(["llava-o1", "eval", "--data", str(bad)], env=cli_env, capture_output=True, text=True)
+    assert done.returncode != 0 and "cannot read the benchmark file" in done.stderr and "Traceback" not in done.stderr

@@ -35,7 +35,7 @@ from stage_search.stages import StageSet
 from training.annotation_check import KnownAnswer, Rejected, known_answer, staged_text
 from training.answer_match import options_in_question, yes_or_no
 from training.labels import expected_answer
-from training.records import IMAGE_MARK, image_data_url, read_questions
+from training.records import IMAGE_MARK, image_data_url, with_question
 from training.teacher_prompts import PROMPT_STYLES, agreement_body, annotation_body
 
 CHAT_URL = "/chat/completions"  # under the teacher's base URL, which ends in /v1 as OpenAI's does
@@ -111,6 +111,20 @@ def _error_message(response: httpx.Response) -> str:
         return response.text[:300]
 
 
+def read_vqa(path: Path) -> list[tuple[int, dict | str]]:
+    """(line number, record) for each record of the input, with `_image_path` and `_question` as
+    eval reads them; a line that is not a record gives why instead, and becomes a reject."""
+    records: list[tuple[int, dict | str]] = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append((number, with_question(json.loads(line), path.parent)))
+        except (ValueError, KeyError, TypeError, AttributeError, StopIteration):
+            records.append((number, "not a record with a human turn in `conversations`"))
+    return records
+
+
 def record_key(record: dict, number: int) -> str:
     """A record's id, or its line number in the input when it has none."""
     return str(record.get("id") or f"line-{number}")
@@ -124,9 +138,14 @@ def options_of(record: dict) -> dict[str, str]:
 
 
 async def annotate_record(teacher: Teacher, record: dict, stages: StageSet) -> tuple[str, str]:
-    """(staged answer, the teacher's reply) for a record whose result passes every check; Rejected
-    with the reason (and the reply, as its second argument) otherwise."""
+    """(staged answer, the teacher's reply) for a record whose result passes every check; Rejected,
+    with the reason and the reply, otherwise."""
+    has_answer = record.get("answer") is not None or any(t.get("from") == "gpt" for t in record["conversations"])
+    if not has_answer:
+        raise Rejected("no known answer: neither an `answer` field nor a gpt turn", "input")
     known: KnownAnswer = known_answer(expected_answer(record), options_of(record))
+    if record.get("_image_path") and not Path(record["_image_path"]).is_file():
+        raise Rejected(f"no image file {record['image']!r} next to the input", "input")
     image = image_data_url(record["_image_path"]) if record.get("_image_path") else None
     body = annotation_body(stages, record["_question"], known.text, image, known.multiple_choice, teacher.prompt_style)
     reply = await teacher.ask(body)
@@ -172,10 +191,9 @@ async def annotate(
     tally = Tally()
     teacher.client.event_hooks["request"].append(tally.count_call)
     done = {str(item.get("id")) for path in (output_path, rejects_path) for item in written_lines(path)}
-    records = read_questions(input_path)
     work = []
-    for number, record in enumerate(records, start=1):
-        key = record_key(record, number)
+    for number, record in read_vqa(input_path):
+        key = record_key(record, number) if isinstance(record, dict) else f"line-{number}"
         if key in done:
             tally.skipped += 1
         else:
@@ -193,6 +211,8 @@ async def annotate(
         async def worker() -> None:
             for key, record in pending:  # shared: each worker takes the next record
                 try:
+                    if isinstance(record, str):
+                        raise Rejected(record, "input")
                     staged, _ = await annotate_record(teacher, record, stages)
                 except NoAnswer as exc:
                     tally.failed += 1

@@ -25,12 +25,16 @@ FROM = {role: name for name, role in ROLES.items()}
 def read_questions(path: str | Path) -> list[dict]:
     """The records of a .jsonl file, each with `_image_path` (absolute or None) and `_question`."""
     path = Path(path)
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    for record in records:
-        record["_image_path"] = str(path.parent / record["image"]) if record.get("image") else None
-        human = next(t["value"] for t in record["conversations"] if t["from"] == "human")
-        record["_question"] = human.replace(IMAGE_MARK, "").strip()
-    return records
+    return [with_question(json.loads(line), path.parent) for line in path.read_text().splitlines() if line.strip()]
+
+
+def with_question(record: dict, folder: Path) -> dict:
+    """The record, with its image's path (`image` is relative to `folder`) and its first question's
+    text added; a record without a human turn raises StopIteration."""
+    record["_image_path"] = str(folder / record["image"]) if record.get("image") else None
+    human = next(t["value"] for t in record["conversations"] if t["from"] == "human")
+    record["_question"] = human.replace(IMAGE_MARK, "").strip()
+    return record
 
 
 def image_data_url(path: str) -> str:
