@@ -9,8 +9,8 @@ import base64
 import csv
 import io
 import json
+import os
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -130,12 +130,29 @@ def benchmark_files(tmp_path) -> dict[str, Path]:
 
 
 def evaluate(cli_env, files: list[Path], out: Path, *extra: str) -> dict:
+    """`llava-o1 eval` as a user runs it."""
     done = run_cli(cli_env, "eval", "--data", *map(str, files), "--json-out", str(out), *extra)
-    result = json.loads(out.read_text())
+    return checked_against_table(json.loads(out.read_text()), done.stdout)
+
+
+def evaluate_here(capsys, monkeypatch, files: list[Path], out: Path, *extra: str) -> dict:
+    """The same command in this process (no model runs: the files hold the predictions), which saves
+    the command's start, mostly importing vLLM for the engine flags."""
+    from bench.evaluate import main
+
+    for name in ("VLLM_LOGGING_STREAM", "VLLM_LOGGING_LEVEL"):  # the command sets them: restored after
+        monkeypatch.setenv(name, os.environ.get(name, ""))
+        monkeypatch.delenv(name)
+    assert main(["--data", *map(str, files), "--json-out", str(out), *extra]) == 0
+    return checked_against_table(json.loads(out.read_text()), capsys.readouterr().out)
+
+
+def checked_against_table(result: dict, stdout: str) -> dict:
+    """The JSON, once its figures are found in the printed table."""
     summary = result["summary"]
-    assert f"| **all** | {summary['questions']} | {summary['accuracy']:.1%} |" in done.stdout
+    assert f"| **all** | {summary['questions']} | {summary['accuracy']:.1%} |" in stdout
     for category, figures in summary["by_category"].items():
-        assert f"| {category} | {figures['questions']} | {figures['accuracy']:.1%} |" in done.stdout
+        assert f"| {category} | {figures['questions']} | {figures['accuracy']:.1%} |" in stdout
     return result
 
 
@@ -153,14 +170,15 @@ def test_each_layout_is_read_as_its_benchmark_scores_it(benchmark_files, tmp_pat
     assert read_benchmark(benchmark_files["AI2D_TEST"], tmp_path)[0].categories == ("all",)  # no such column
 
 
-def test_six_layouts_give_their_known_accuracy_with_and_without_a_judge(benchmark_files, cli_env, tmp_path):
+def test_six_layouts_give_their_known_accuracy_with_and_without_a_judge(benchmark_files, capsys, monkeypatch, tmp_path):
+    files = list(benchmark_files.values())
     judge = ChatStub(scripted_judge)
     try:
-        judged = evaluate(cli_env, list(benchmark_files.values()), tmp_path / "judged.json",
-                          "--judge-url", judge.url, "--judge-url-model", "judge")  # fmt: skip
+        judged = evaluate_here(capsys, monkeypatch, files, tmp_path / "judged.json",
+                               "--judge-url", judge.url, "--judge-url-model", "judge")  # fmt: skip
     finally:
         judge.close()
-    plain = evaluate(cli_env, list(benchmark_files.values()), tmp_path / "plain.json")
+    plain = evaluate_here(capsys, monkeypatch, files, tmp_path / "plain.json")
     for name, path in benchmark_files.items():
         with_judge, without = KNOWN[name]
         assert judged["summary"]["by_data"][str(path)]["accuracy"] == pytest.approx(with_judge), name
@@ -222,7 +240,7 @@ def test_the_demo_model_answers_a_benchmark_file_and_our_server_judges(demo_serv
     assert metric_value(base, "llava_o1_requests_total") - served == len(questions) + 3
 
 
-def test_a_file_eval_cannot_read_is_a_clear_error(cli_env, tmp_path):
+def test_a_file_eval_cannot_read_is_a_clear_error(capsys, monkeypatch, tmp_path):
     bad = write_tsv(tmp_path / "bad.tsv", [{"index": 0, "question": "q", "answer": "A", "image": "not an image!"}])
-    done = subprocess.run(["llava-o1", "eval", "--data", str(bad)], env=cli_env, capture_output=True, text=True)
-    assert done.returncode != 0 and "cannot read the benchmark file" in done.stderr and "Traceback" not in done.stderr
+    with pytest.raises(SystemExit, match=r"llava-o1 eval: cannot read the benchmark file: .*bad-0"):
+        evaluate_here(capsys, monkeypatch, [bad], tmp_path / "out.json")
