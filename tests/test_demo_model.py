@@ -1,39 +1,52 @@
 """The committed demo model, the README's way: `ask` uses it by default and counts a shapes picture
-from `synth-data` right, in four stages it closes itself."""
+from `synth-data` right, in four stages it closes itself; with stage search, `--json` prints the
+whole trace."""
 
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 from helpers import STAGES, count, run_cli
 from PIL import Image
 
 from training.synthetic_data import COLORS
 
 
-def test_ask_uses_the_demo_model_and_counts_right(cli_env, tmp_path):
-    run_cli(cli_env, "synth-data", "--out", str(tmp_path / "shapes"), "--n", "10", "--seed", "1")
-    image = tmp_path / "shapes" / "images" / "000000.png"
+@pytest.fixture(scope="module")
+def asked(cli_env, tmp_path_factory) -> tuple[int, dict, dict]:
+    """The README's picture asked twice, side by side (most of each run is vLLM starting up): greedy
+    without search, and stage search at width 4. (yellow count, greedy result, searched result)."""
+    folder = tmp_path_factory.mktemp("ask")
+    run_cli(cli_env, "synth-data", "--out", str(folder / "shapes"), "--n", "10", "--seed", "1")
+    image = folder / "shapes" / "images" / "000000.png"
     truth = count(Image.open(image).convert("RGB"), COLORS["yellow"])
+    question = ["ask", "--image", str(image), "--question", "How many yellow shapes are in the image?", "--json"]
+    greedy = [*question, "--strategy", "none", "--temperature", "0"]
+    searched = [*question, "--strategy", "stage", "--beam-width", "4", "--max-tokens-per-stage", "12"]
+    with ThreadPoolExecutor(2) as pool:
+        done = list(pool.map(lambda args: run_cli(cli_env, *args), [greedy, searched]))
+    return truth, json.loads(done[0].stdout), json.loads(done[1].stdout)
+
+
+def test_ask_uses_the_demo_model_and_counts_right(asked):
+    truth, result, _ = asked
     assert truth > 0  # the README's picture: a count of zero would prove little
-    result = json.loads(
-        run_cli(
-            cli_env,
-            "ask",
-            "--image",
-            str(image),
-            "--question",
-            "How many yellow shapes are in the image?",
-            "--strategy",
-            "none",
-            "--temperature",
-            "0",
-            "--json",
-        ).stdout
-    )
     assert [s["name"] for s in result["stages"]] == STAGES
     assert all(s["candidates"][0]["finish_reason"] == "stop" for s in result["stages"])  # it closed every stage
     assert result["answer"] == f"The answer is {truth}."
+
+
+def test_ask_prints_the_search_and_its_trace_as_json(asked):
+    _, _, result = asked
+    assert [s["name"] for s in result["stages"]] == STAGES
+    for stage in result["stages"]:
+        assert len(stage["candidates"]) == 4
+        assert len(stage["matches"]) == sum(c["merged_into"] is None for c in stage["candidates"]) - 1
+        assert stage["winner"] in range(4)
+    assert result["answer"] == result["stages"][-1]["text"]
+    assert set(result["usage"]) >= {"prompt_tokens", "completion_tokens", "judge_tokens"}
 
 
 def test_recipe_trains_each_phase_on_its_own_data(tmp_path):
