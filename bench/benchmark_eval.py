@@ -12,14 +12,17 @@ counted as unjudged.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sys
 import tempfile
 from collections import defaultdict
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from bench.benchmark_files import Row, read_benchmark
+from bench.open_answer_judge import OpenAnswerJudge
 
 BENCHMARK_SUFFIX = ".tsv"
 
@@ -109,12 +112,23 @@ def markdown(summary: dict) -> str:
     return "\n".join(lines)
 
 
-async def _run(args) -> tuple[dict, list[dict]]:
+@contextlib.asynccontextmanager
+async def _judge(args) -> AsyncIterator[OpenAnswerJudge | None]:
+    """The --judge-url judge, its model the first it lists unless named; None without one."""
+    if not args.judge_url:
+        yield None
+        return
     import httpx
 
-    from bench.open_answer_judge import OpenAnswerJudge
     from server.bearer import auth_headers
 
+    key = args.judge_url_api_key or os.environ.get("OPENAI_API_KEY")
+    async with httpx.AsyncClient(base_url=args.judge_url.rstrip("/"), headers=auth_headers(key), timeout=300) as client:
+        model = args.judge_url_model or (await client.get("/models")).json()["data"][0]["id"]
+        yield OpenAnswerJudge(client, model)
+
+
+async def _run(args) -> tuple[dict, list[dict]]:
     with tempfile.TemporaryDirectory(prefix="llava-o1-eval-") as image_dir:
         try:
             rows: list[tuple[str, Row]] = [
@@ -127,14 +141,7 @@ async def _run(args) -> tuple[dict, list[dict]]:
             ran: list[dict] = [{"prediction": row.prediction or ""} for _, row in rows]
         else:
             ran = await _predictions(args, records)
-    judge_key = args.judge_url_api_key or os.environ.get("OPENAI_API_KEY")
-    async with httpx.AsyncClient(
-        base_url=(args.judge_url or "http://unused").rstrip("/"), headers=auth_headers(judge_key), timeout=300
-    ) as client:
-        judge = None
-        if args.judge_url:
-            model = args.judge_url_model or (await client.get("/models")).json()["data"][0]["id"]
-            judge = OpenAnswerJudge(client, model)
+    async with _judge(args) as judge:
         scored = await _score([r for _, r in rows], [x["prediction"] for x in ran], judge, args.concurrency)
     for item, (path, _), extra in zip(scored, rows, ran, strict=True):
         item.update({key: value for key, value in extra.items() if key != "prediction"}, data=path)

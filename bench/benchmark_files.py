@@ -104,12 +104,12 @@ def _write_image(data: str, stem: Path) -> str | None:
     from PIL import Image
 
     with Image.open(io.BytesIO(raw)) as opened:
-        suffix = ".jpg" if opened.format == "JPEG" else ".png"
-        if suffix == ".png" and opened.format != "PNG":
-            opened.convert("RGB").save(stem.with_suffix(suffix))
-            return str(stem.with_suffix(suffix))
-    stem.with_suffix(suffix).write_bytes(raw)
-    return str(stem.with_suffix(suffix))
+        path = stem.with_suffix(".jpg" if opened.format == "JPEG" else ".png")
+        if opened.format in ("JPEG", "PNG"):
+            path.write_bytes(raw)
+        else:  # GIF, WebP, ...: PNG, which every engine reads
+            opened.convert("RGB").save(path)
+    return str(path)
 
 
 def _cell(line: dict, name: str) -> str:
@@ -127,14 +127,14 @@ def _row(line: dict, index: str, image_path: str | None) -> Row:
     )
     if _cell(line, "question_type"):  # MathVista: its question column is the whole prompt already
         return _math_row(line, question, answer, common)
-    options = {c: _cell(line, c) for c in OPTION_COLUMNS if _cell(line, c)}
-    written = options_in_question(question)
-    if (options or written) and answer.strip("() ").upper()[:1] in (options or written):
+    columns = {c: _cell(line, c) for c in OPTION_COLUMNS if _cell(line, c)}
+    options = columns or options_in_question(question)
+    letter = answer.strip("() ").upper()[:1]
+    if options and letter in options:
         hint = _cell(line, "hint")
-        listed = "".join(f"\n{letter}. {text}" for letter, text in options.items())
+        listed = "".join(f"\n{key}. {text}" for key, text in columns.items())
         prompt = (f"Hint: {hint}\n" if hint else "") + question + listed + "\n" + CHOICE_INSTRUCTION
-        return Row(kind="choice", prompt=prompt, answer=answer.strip("() ").upper()[:1], options=options or written,
-                   **common)  # fmt: skip
+        return Row(kind="choice", prompt=prompt, answer=letter, options=options, **common)
     if answer.lower() in ("yes", "no"):
         return Row(kind="yes_no", prompt=f"{question}\n{YES_NO_INSTRUCTION}", answer=answer, **common)
     return Row(kind="open", prompt=question, answer=answer, **common)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from server.http_retry import post_with_backoff
+from server.http_retry import later, post_with_backoff
 
 _SCORE = re.compile(r"(?<![\d.])(0(?:\.\d+)?|1(?:\.0+)?)(?![\d.])")
 
@@ -24,9 +24,7 @@ class OpenAnswerJudge:
     async def _ask(self, text: str) -> str:
         self.calls += 1
         body = {"model": self.model, "messages": [{"role": "user", "content": text}], "temperature": 0}
-        response = await post_with_backoff(
-            self.client, "/chat/completions", body, retried=lambda s: s == 429 or s >= 500, retries=5
-        )
+        response = await post_with_backoff(self.client, "/chat/completions", body, retried=later, retries=5)
         response.raise_for_status()
         return str(response.json()["choices"][0]["message"]["content"] or "")
 

@@ -14,6 +14,11 @@ FIRST_DELAY_S = 0.5
 MOST_DELAY_S = 30.0
 
 
+def later(status: int) -> bool:
+    """Statuses that mean "try again later": rate limited, or the server in trouble."""
+    return status == 429 or status >= 500
+
+
 def retry_after_s(response: httpx.Response) -> float | None:
     """The server's Retry-After in seconds (the date form is not used by the servers we talk to)."""
     try:

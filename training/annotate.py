@@ -29,7 +29,7 @@ from typing import Any
 import httpx
 
 from server.bearer import auth_headers
-from server.http_retry import post_with_backoff
+from server.http_retry import later, post_with_backoff
 from server.jsonl_output import written_lines
 from stage_search.stages import StageSet
 from training.annotation_check import KnownAnswer, Rejected, known_answer, staged_text
@@ -81,11 +81,11 @@ class Teacher:
         }
         try:
             response = await post_with_backoff(
-                self.client, CHAT_URL, body, retried=_later, retries=self.retries, transport_errors=True
+                self.client, CHAT_URL, body, retried=later, retries=self.retries, transport_errors=True
             )
         except httpx.TransportError as exc:
             raise NoAnswer(f"{type(exc).__name__} after {self.retries} retries") from exc
-        if _later(response.status_code):
+        if later(response.status_code):
             raise NoAnswer(f"HTTP {response.status_code} after {self.retries} retries")
         if response.status_code != 200:
             message = f"the teacher refused the request: HTTP {response.status_code} {_error_message(response)}"
@@ -97,11 +97,6 @@ class Teacher:
         if not isinstance(content, str):
             raise Rejected("the teacher's reply has no text content", "teacher", response.text[:2000])
         return content
-
-
-def _later(status: int) -> bool:
-    """Statuses that mean "try again later": rate limited, or the teacher's server in trouble."""
-    return status == 429 or status >= 500
 
 
 def _error_message(response: httpx.Response) -> str:
@@ -137,9 +132,9 @@ def options_of(record: dict) -> dict[str, str]:
     return options_in_question(record["_question"])
 
 
-async def annotate_record(teacher: Teacher, record: dict, stages: StageSet) -> tuple[str, str]:
-    """(staged answer, the teacher's reply) for a record whose result passes every check; Rejected,
-    with the reason and the reply, otherwise."""
+async def annotate_record(teacher: Teacher, record: dict, stages: StageSet) -> str:
+    """The staged answer of a record whose result passes every check; Rejected, with the reason and
+    the reply, otherwise."""
     has_answer = record.get("answer") is not None or any(t.get("from") == "gpt" for t in record["conversations"])
     if not has_answer:
         raise Rejected("no known answer: neither an `answer` field nor a gpt turn", "input")
@@ -161,7 +156,7 @@ async def annotate_record(teacher: Teacher, record: dict, stages: StageSet) -> t
     except Rejected as rejected:
         rejected.reply = rejected.reply or reply
         raise
-    return staged, reply
+    return staged
 
 
 def kept_record(record: dict, staged: str, out_dir: Path) -> dict:
@@ -213,7 +208,7 @@ async def annotate(
                 try:
                     if isinstance(record, str):
                         raise Rejected(record, "input")
-                    staged, _ = await annotate_record(teacher, record, stages)
+                    staged = await annotate_record(teacher, record, stages)
                 except NoAnswer as exc:
                     tally.failed += 1
                     bar.write(f"annotate: {key}: no answer from the teacher ({exc}); a rerun tries it again")

@@ -64,9 +64,9 @@ class KnownAnswer:
             return picked == self.text
         if same_text(conclusion, self.text):
             return True
-        expected_number = number_in(self.text)
-        if expected_number is not None and number_in(conclusion) is not None:
-            return number_in(conclusion) == expected_number
+        expected_number, given_number = number_in(self.text), number_in(conclusion)
+        if expected_number is not None and given_number is not None:
+            return given_number == expected_number
         return None
 
     def needs_teacher(self, conclusion: str) -> bool:
@@ -80,8 +80,9 @@ def known_answer(answer: str, options: dict[str, str]) -> KnownAnswer:
     """The record's answer; for multiple choice an option's text is turned into its letter."""
     answer = answer.strip()
     if options:
-        if answer.rstrip(".").strip("() ").upper() in options:
-            return KnownAnswer(answer.rstrip(".").strip("() ").upper(), options)
+        letter = answer.rstrip(".").strip("() ").upper()
+        if letter in options:
+            return KnownAnswer(letter, options)
         by_text = [letter for letter, text in options.items() if same_text(text, answer)]
         if len(by_text) == 1:
             return KnownAnswer(by_text[0], options)
