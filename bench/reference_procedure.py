@@ -38,7 +38,7 @@ async def reference_search(
         prompt = engine.render(job.messages, accepted + stage.open_tag)
         settings = SamplingSettings(
             n=1,
-            max_tokens=job.token_limit(stage.index),
+            max_tokens=await job.token_limit(stage.index, accepted + stage.open_tag),
             temperature=config.sampling_temperature,
             top_p=config.top_p,
             stop=(stage.close_tag,),

@@ -19,9 +19,10 @@ from models.engine import (
     TokenLogprob,
 )
 from stage_search.answer_options import logprobs_of_text
+from stage_search.context_room import MIN_JUDGED_TOKENS, as_judged, byte_bound, judge_share, stage_room
 from stage_search.events import SearchEvent, StageDecided, StageDelta, StageStarted
 from stage_search.judge import Contender, JudgeContext, PairwiseJudge
-from stage_search.prompts import is_stage_trained, stage_instruction
+from stage_search.prompts import is_stage_trained, judge_question, stage_instruction
 from stage_search.stages import Stage
 from stage_search.tournament import run_tournament
 from stage_search.trace import AnswerFinish, CandidateTrace, SearchResult, StageTrace, StepTrace, Usage
@@ -71,6 +72,9 @@ class SearchJob:
         self.usage = Usage()
         self.accepted_tokens = 0  # tokens of the winners kept so far (the answer's length)
         self.answer_logprobs: list[TokenLogprob] | None = None  # the final stage's, when asked
+        # The latest prompt the engine sampled from, and its tokens as the engine counted them.
+        self._seen: tuple[str, int] | None = None
+        self.out_of_context = False  # a stage was left short because the context was full
         self.started = time.perf_counter()
         self._emit = emit or (lambda event: None)
         self._seeds = itertools.count(config.seed) if config.seed is not None else None
@@ -122,12 +126,60 @@ class SearchJob:
         """Lower runs first: later stages, and judging before more sampling, finish requests sooner."""
         return (len(self.stages) - stage_index) * 2 - (1 if judging else 0)
 
-    def token_limit(self, stage_index: int) -> int:
-        """Tokens a step of this stage may sample: the stage limit, within what the answer has left
-        after keeping one token for each later stage."""
+    def budget_limit(self, stage_index: int) -> int:
+        """Tokens a step of this stage may sample by the request's limits: the stage limit, within
+        what the answer has left after keeping one token for each later stage."""
         later_stages = len(self.stages) - stage_index - 1
         left = self.config.total_token_budget - self.accepted_tokens - later_stages
         return max(1, min(self.config.max_tokens_per_stage, left))
+
+    async def token_limit(self, stage_index: int, prefix: str, judged: bool = False) -> int:
+        """The budget limit of a step continuing the assistant's `prefix`, within the context's room
+        (see `_within_context`). Below 1 when the context is full."""
+        later_stages = len(self.stages) - stage_index - 1
+        question = judge_question(self.stages.stages[stage_index], "", "") if judged else None
+        return await self._within_context(self.budget_limit(stage_index), prefix, later_stages, question)
+
+    async def answer_token_limit(self, prefix: str, judged: bool = False) -> int:
+        """Tokens a whole answer (every stage in one sample) continuing `prefix` may take."""
+        question = judge_question(None, "", "") if judged else None
+        return await self._within_context(self.config.total_token_budget, prefix, 0, question)
+
+    async def _within_context(self, limit: int, prefix: str, later_stages: int, question: str | None) -> int:
+        """`limit`, cut to what the context has room for: the later stages must still fit, and when
+        the step's candidates are judged (`question` is the judge's), two must fit in its prompt."""
+        context_limit = self.engine.max_model_len or 0  # 0: not known (a remote engine may not say)
+        if context_limit <= 0:
+            return limit
+
+        def room(used: int) -> int:
+            tokens = stage_room(context_limit, used, later_stages)
+            share = self._judge_share(used, question) if question is not None else None
+            return min(tokens, share) if share is not None and share >= MIN_JUDGED_TOKENS else tokens
+
+        text = self.engine.render(self.messages, prefix).text
+        if self._seen is None:
+            # The first step: an over-long prompt is the engine's to refuse, so at least 1. Its
+            # images' tokens are not known until the engine has seen them.
+            used = byte_bound(text)
+            if room(used) < limit:
+                used = await self.engine.count_tokens(text)
+            return max(1, min(limit, room(used)))
+        # Later prompts extend the one the engine last counted: its count plus the new text's
+        # bytes bounds theirs; near the context's end, the tokenizer counts exactly.
+        seen_text, seen_tokens = self._seen
+        used = seen_tokens + byte_bound(text) - byte_bound(seen_text)
+        if room(used) < limit:
+            # What the engine adds to the tokenizer's count (special tokens, image tokens) is the
+            # same for every prompt of this conversation.
+            added = seen_tokens - await self.engine.count_tokens(seen_text)
+            used = await self.engine.count_tokens(text) + added
+        return min(limit, room(used))
+
+    def _judge_share(self, prompt_tokens: int, question: str) -> int | None:
+        """Tokens of each of two candidates the judge can read beside a step prompt of this size."""
+        verdict_tokens = self.config.judge_max_tokens if self.config.judge == "generative" else 1
+        return judge_share(self.judge.engine.max_model_len or 0, prompt_tokens, question, verdict_tokens)
 
     async def branch(
         self,
@@ -166,6 +218,7 @@ class SearchJob:
             prompt, settings, job_id=self.job_id, priority=self.priority(stage_index)
         )
         step = StepTrace(prompt_tokens=generation.prompt_tokens, cached_tokens=generation.cached_tokens)
+        self._seen = (prompt.text, generation.prompt_tokens)
         self.usage.prompt_tokens += generation.prompt_tokens
         self.usage.cached_tokens += generation.cached_tokens
         first_of_text: dict[str, int] = {}
@@ -197,14 +250,33 @@ class SearchJob:
             return await self.judge.compare(context, a, b, round_, priority=judge_priority)
 
         step = sampled.step
-        result = await run_tournament(contenders, play)
-        step.matches = list(result.matches)
-        step.winner, step.rounds = result.winner.index, result.rounds
+        judged = self._as_judged(step, contenders, stage)
+        if judged is None:  # the judge could not read them beside the conversation: the first stays
+            step.winner = contenders[0].index
+        else:
+            result = await run_tournament(judged, play)
+            step.matches = list(result.matches)
+            step.winner, step.rounds = result.winner.index, result.rounds
         self.usage.judge_tokens += sum(m.judge_tokens for m in step.matches)
         chosen = sampled.candidates[step.winner]
         self.accepted_tokens += chosen.num_tokens
-        self._keep_answer_logprobs(chosen, result.winner.text, stage_index)
-        return Branch(result.winner.text, chosen, step)
+        text = next(c.text for c in contenders if c.index == step.winner)  # whole, as sampled
+        self._keep_answer_logprobs(chosen, text, stage_index)
+        return Branch(text, chosen, step)
+
+    def _as_judged(
+        self, step: StepTrace, contenders: Sequence[Contender], stage: Stage | None
+    ) -> list[Contender] | None:
+        """The contenders as the judge reads them: whole, or each cut to its share of the judge's
+        context when two would not fit (the first step's limit could not count its images); None
+        when too little of them would fit to judge."""
+        if len(contenders) < 2:
+            return list(contenders)
+        share = self._judge_share(step.prompt_tokens, judge_question(stage, "", ""))
+        if share is not None and share < MIN_JUDGED_TOKENS:
+            return None
+        tokens = {c.index: c.tokens for c in step.candidates}
+        return [as_judged(c, tokens[c.index], share) for c in contenders]
 
     def _keep_answer_logprobs(self, chosen: Candidate, text: str, stage_index: int) -> None:
         if self.is_final(stage_index) and chosen.token_logprobs is not None:
@@ -259,6 +331,7 @@ class SearchJob:
         self.usage.prompt_tokens += last.prompt_tokens
         self.usage.cached_tokens += last.cached_tokens
         self.usage.completion_tokens += candidate.num_tokens
+        self._seen = (prompt.text, last.prompt_tokens)
         self.accepted_tokens += candidate.num_tokens
         self._keep_answer_logprobs(candidate, text, stage.index)
         return Branch(text, candidate, step)
@@ -278,7 +351,7 @@ class SearchJob:
             usage=self.usage,
             seconds=time.perf_counter() - self.started,
             answer_steps=answer_steps or [],
-            finish_reason=_finish_reason(stages, answer_steps),
+            finish_reason="length" if self.out_of_context else _finish_reason(stages, answer_steps),
             answer_logprobs=self.answer_logprobs,
         )
 

@@ -30,14 +30,19 @@ async def sentence_beam_search(job: SearchJob) -> SearchResult:
             return text + SENTENCE_END if ends_sentence else text
 
         while True:
-            limit = min(job.token_limit(stage.index), config.max_tokens_per_stage - used)
+            prefix = accepted + stage.open_tag + body
+            wanted = min(job.budget_limit(stage.index), config.max_tokens_per_stage - used)
+            limit = min(await job.token_limit(stage.index, prefix, judged=config.beam_width > 1), wanted)
+            if limit < 1:  # the context is full: the stage ends here, the answer is cut ("length")
+                job.out_of_context = True
+                break
             branch = await job.branch(
-                accepted + stage.open_tag + body,
+                prefix,
                 n=config.beam_width,
-                max_tokens=max(limit, 1),
+                max_tokens=limit,
                 stop=(SENTENCE_END, stage.close_tag),
                 clean=clean,
-                accepted=accepted + stage.open_tag + body,
+                accepted=prefix,
                 stage=stage,
                 stage_index=stage.index,
             )
@@ -45,7 +50,9 @@ async def sentence_beam_search(job: SearchJob) -> SearchResult:
             steps.append(branch.step)
             used += branch.candidate.num_tokens
             sentence_only = branch.candidate.stop_reason == SENTENCE_END and branch.text.endswith(SENTENCE_END)
-            if not sentence_only or len(steps) >= config.max_sentences_per_stage or used >= config.max_tokens_per_stage:
+            # A step the context cut short is the stage's last: the later stages keep their room.
+            last = len(steps) >= config.max_sentences_per_stage or used >= config.max_tokens_per_stage or limit < wanted
+            if not sentence_only or last:
                 break
         accepted += stage.tagged(body)
         traces.append(StageTrace(stage.name, body, steps, time.perf_counter() - started))

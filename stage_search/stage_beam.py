@@ -23,9 +23,14 @@ async def search_stages(job: SearchJob, n: int) -> SearchResult:
     for stage in job.stages:
         started = time.perf_counter()
         job.emit(StageStarted(stage.name, stage.index))
-        prefix, limit, stop = accepted + stage.open_tag, job.token_limit(stage.index), (stage.close_tag,)
-        if n == 1:
+        prefix, stop = accepted + stage.open_tag, (stage.close_tag,)
+        limit = await job.token_limit(stage.index, prefix, judged=n > 1)
+        if limit < 1:  # the context is full: the stage stays empty, the answer is cut ("length")
+            job.out_of_context = True
+            text, steps = "", []
+        elif n == 1:
             branch = await job.sample_one(prefix, max_tokens=limit, stop=stop, stage=stage)
+            text, steps = branch.text, [branch.step]
         else:
             branch = await job.branch(
                 prefix,
@@ -37,7 +42,8 @@ async def search_stages(job: SearchJob, n: int) -> SearchResult:
                 stage=stage,
                 stage_index=stage.index,
             )
-        accepted += stage.tagged(branch.text)
-        traces.append(StageTrace(stage.name, branch.text, [branch.step], time.perf_counter() - started))
-        job.emit(StageDecided(stage.name, stage.index, branch.text))
+            text, steps = branch.text, [branch.step]
+        accepted += stage.tagged(text)
+        traces.append(StageTrace(stage.name, text, steps, time.perf_counter() - started))
+        job.emit(StageDecided(stage.name, stage.index, text))
     return job.result(traces)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from helpers import STAGES, image_question
+from helpers import STAGES, image_question, long_question
 
 from stage_search.config import SearchConfig
 from stage_search.events import SearchFinished, StageDecided
@@ -107,3 +107,19 @@ async def test_cancelled_search_leaves_no_engine_work(any_engine):
             break
         await asyncio.sleep(0.05)
     assert any_engine.num_unfinished_requests() == 0
+
+
+@pytest.mark.parametrize("strategy", ["stage", "sentence"])
+async def test_a_search_near_the_end_of_the_context_keeps_every_prompt_in_it(engine, strategy):
+    """A question of about 2,800 tokens, and stage limits over the tiny model's whole context (4096):
+    the search sizes each step to the room left (scripted-engine tests cover the rules), so it
+    answers in four stages; before, a later stage's or the judge's prompt went over the context."""
+    result = await run_search(
+        engine,
+        image_question(long_question(0, repeats=150)),
+        SearchConfig(strategy=strategy, beam_width=4, max_tokens_per_stage=4000, seed=5),
+    )
+    assert [s.name for s in result.stages] == STAGES and WELL_FORMED.fullmatch(result.text), result.text
+    steps = [step for stage in result.stages for step in stage.steps]
+    assert steps[0].prompt_tokens > 2500, "the question is not long enough to fill the context"
+    assert all(step.prompt_tokens + max(c.tokens for c in step.candidates) <= engine.max_model_len for step in steps)

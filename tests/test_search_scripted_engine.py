@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import math
 import re
+from dataclasses import replace
 
 import pytest
+from helpers import STAGES
 from scripted_engine import ScriptedEngine, score
 
-from models.engine import ChatMessage
+from models.engine import ChatMessage, PromptTooLongError
 from stage_search.config import SearchConfig
 from stage_search.events import StageDecided, StageStarted
 from stage_search.judge import Contender, JudgeContext, PairwiseJudge
@@ -304,3 +306,89 @@ async def test_beam_width_one_streams_settled_text_before_the_stage_is_decided()
     decided = next(e for e in events if isinstance(e, StageDecided) and e.stage == "SUMMARY")
     assert decided.text == " one two "
     assert decided.text.startswith(summary_deltas) and summary_deltas
+
+
+# -- the context window -----------------------------------------------------------------------------
+
+
+class ContextLimitedEngine(ScriptedEngine):
+    """The scripted engine with a small context (a word is a token): it refuses a prompt over the
+    context, as vLLM does, and every candidate runs to its token limit or the context's end. Its
+    prompts may hold `image_tokens` that the tokenizer's count does not see, as images do."""
+
+    def __init__(self, max_model_len: int, scores: list[int], image_tokens: int = 0):
+        def texts(prompt, settings):
+            room = min(settings.max_tokens, max_model_len - self._tokens(prompt))
+            return [f"cand-{x} " + "w " * max(room - 2, 0) for x in scores]  # room tokens each
+
+        super().__init__(texts)
+        self.max_model_len = max_model_len
+        self.image_tokens = image_tokens
+        self.admitted: list[str] = []  # every prompt, the judge's included
+
+    @property
+    def longest_prompt(self) -> int:
+        return max(len(text.split()) + self.image_tokens for text in self.admitted)
+
+    def _tokens(self, prompt) -> int:
+        return len(prompt.text.split()) + self.image_tokens
+
+    def _admit(self, prompt) -> None:
+        tokens = self._tokens(prompt)
+        self.admitted.append(prompt.text)
+        if tokens > self.max_model_len:
+            raise PromptTooLongError(f"{tokens} tokens is over the context of {self.max_model_len}")
+
+    async def generate(self, prompt, settings, *, job_id, priority=0):
+        self._admit(prompt)
+        generation = await super().generate(prompt, settings, job_id=job_id, priority=priority)
+        return replace(generation, prompt_tokens=self._tokens(prompt))
+
+    async def choose(self, prompt, options, *, job_id, priority=0):
+        self._admit(prompt)
+        return await super().choose(prompt, options, job_id=job_id, priority=priority)
+
+
+@pytest.mark.parametrize("strategy", ["stage", "sentence", "best_of_n", "majority"])
+@pytest.mark.parametrize("judge", ["logprob", "generative"])
+async def test_a_search_whose_candidates_would_overflow_the_context_fits_every_prompt_in_it(strategy, judge):
+    """Stage limits far over the context: each step samples only what leaves room for the stages
+    after it and for the judge to read two candidates. Before, the next stage's or the judge's
+    prompt went over the context, and the admitted request failed half-way."""
+    scores = shuffled_scores(4)
+    engine = ContextLimitedEngine(900, scores)
+    config = SearchConfig(strategy=strategy, judge=judge, beam_width=4, stage_prompt="never", max_tokens_per_stage=2000)
+    result = await run_search(engine, QUESTION, config)
+    assert engine.longest_prompt <= 900
+    assert WELL_FORMED.fullmatch(result.text), result.text
+    if strategy in ("stage", "sentence"):
+        for stage in result.stages:
+            assert stage.text.startswith(f"cand-{max(scores)} "), f"{stage.name} was not judged: {stage.text[:40]}"
+
+
+async def test_candidates_too_long_for_the_judge_are_judged_by_their_heads_and_kept_whole():
+    """The first step cannot count the prompt's image tokens, so its candidates can come back
+    longer than the judge can read in pairs: the judge reads the start of each, the winner is
+    kept whole, and the later steps count exactly."""
+    scores = shuffled_scores(4)
+    engine = ContextLimitedEngine(2000, scores, image_tokens=500)
+    config = SearchConfig(beam_width=4, stage_prompt="never", max_tokens_per_stage=2000)
+    result = await run_search(engine, QUESTION, config)
+    assert engine.longest_prompt <= 2000
+    pairs = [re.search(r"Response 1:\n(.*?)\n\nResponse 2:\n(.*?)\n\n", p, re.S) for p in engine.admitted]
+    judged = [text for pair in pairs if pair for text in pair.groups()]
+    first = result.stages[0]
+    assert first.text.startswith(f"cand-{max(scores)} ")
+    assert first.text == first.steps[0].candidates[first.steps[0].winner].text, "the winner was not kept whole"
+    assert any(first.text.startswith(text) and len(text) < len(first.text) for text in judged)
+    assert all(stage.text.startswith(f"cand-{max(scores)} ") for stage in result.stages)
+
+
+async def test_a_prompt_that_fills_the_context_gets_an_answer_cut_for_length_not_an_error():
+    engine = ContextLimitedEngine(900, shuffled_scores(4))
+    question = [ChatMessage("user", "How many shapes? " + "and " * 880)]
+    result = await run_search(engine, question, SearchConfig(beam_width=4, stage_prompt="never"))
+    assert engine.longest_prompt <= 900
+    assert [s.name for s in result.stages] == STAGES and WELL_FORMED.fullmatch(result.text)
+    assert result.finish_reason == "length"
+    assert result.stages[0].steps[0].matches == [], "the judge was asked with no room to read"
