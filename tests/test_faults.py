@@ -148,8 +148,9 @@ def test_sigterm_lets_a_stream_in_flight_finish_refuses_new_requests_and_exits_0
     try:
         lines: list[str] = []
         started = threading.Event()
-        # Several seconds of search: the checks below run while it is still streaming.
-        long_stream = chat_body(stream=True, reasoning={"beam_width": 4, "max_tokens_per_stage": 1000}, max_tokens=None)
+        # About seven seconds of search here (the context-filling 1000 tokens a stage took 25): the
+        # checks below run while it is still streaming.
+        long_stream = chat_body(stream=True, reasoning={"beam_width": 4, "max_tokens_per_stage": 400}, max_tokens=None)
         stream = read_stream(base, long_stream, lines, started)
         # Its first chunk has arrived: the stream is in flight (the engine's load figures, polled
         # through /health, can miss a busy moment on a loaded machine).
