@@ -15,7 +15,7 @@ async def best_of_n(job: SearchJob) -> SearchResult:
     branch = await job.branch(
         job.stages.stages[0].open_tag,
         n=job.config.beam_width,
-        max_tokens=await job.answer_token_limit(job.stages.stages[0].open_tag, judged=job.config.beam_width > 1),
+        max_tokens=await job.answer_token_limit(),
         stop=(),
         clean=lambda candidate: candidate.text,
         accepted="",

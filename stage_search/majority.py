@@ -22,7 +22,7 @@ async def majority_vote(job: SearchJob) -> SearchResult:
     sampled = await job.sample(
         first.open_tag,
         n=job.config.beam_width,
-        max_tokens=await job.answer_token_limit(job.stages.stages[0].open_tag, judged=job.config.beam_width > 1),
+        max_tokens=await job.answer_token_limit(),
         stop=(),
         clean=lambda candidate: candidate.text,
         stage_index=0,

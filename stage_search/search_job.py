@@ -140,9 +140,11 @@ class SearchJob:
         question = judge_question(self.stages.stages[stage_index], "", "") if judged else None
         return await self._within_context(self.budget_limit(stage_index), prefix, later_stages, question)
 
-    async def answer_token_limit(self, prefix: str, judged: bool = False) -> int:
-        """Tokens a whole answer (every stage in one sample) continuing `prefix` may take."""
-        question = judge_question(None, "", "") if judged else None
+    async def answer_token_limit(self) -> int:
+        """Tokens a whole answer (every stage in one sample, after the first stage's opening tag)
+        may take; several are judged whole against each other."""
+        question = judge_question(None, "", "") if self.config.beam_width > 1 else None
+        prefix = self.stages.stages[0].open_tag
         return await self._within_context(self.config.total_token_budget, prefix, 0, question)
 
     async def _within_context(self, limit: int, prefix: str, later_stages: int, question: str | None) -> int:
