@@ -43,9 +43,9 @@ def judge_share(context_limit: int, prompt_tokens: int, question: str, verdict_t
     return room // 2
 
 
-def as_judged(contender: Contender, tokens: int, share: int | None) -> Contender:
+def as_judged(contender: Contender, tokens: int, share: int) -> Contender:
     """The contender as the judge sees it: whole, or its opening `share` tokens when longer."""
-    if share is None or tokens <= share:
+    if tokens <= share:
         return contender
     keep = int(len(contender.text) * share / tokens * _CUT_SAFETY)
     return Contender(contender.index, contender.text[:keep])

@@ -271,13 +271,18 @@ class SearchJob:
     ) -> list[Contender] | None:
         """The contenders as the judge reads them: whole, or each cut to its share of the judge's
         context when two would not fit (the first step's limit could not count its images); None
-        when too little of them would fit to judge."""
+        when too little of them would fit to judge. The step's trace records which."""
         if len(contenders) < 2:
             return list(contenders)
         share = self._judge_share(step.prompt_tokens, judge_question(stage, "", ""))
-        if share is not None and share < MIN_JUDGED_TOKENS:
+        if share is None:
+            return list(contenders)
+        if share < MIN_JUDGED_TOKENS:
+            step.judge_read_tokens = 0
             return None
         tokens = {c.index: c.tokens for c in step.candidates}
+        if any(tokens[c.index] > share for c in contenders):
+            step.judge_read_tokens = share
         return [as_judged(c, tokens[c.index], share) for c in contenders]
 
     def _keep_answer_logprobs(self, chosen: Candidate, text: str, stage_index: int) -> None:

@@ -64,6 +64,10 @@ class StepTrace:
     matches: list[MatchTrace] = field(default_factory=list)
     winner: int = 0
     rounds: int = 0
+    # When the context was nearly full: the tokens of each candidate the judge read (longer ones
+    # were cut to their opening), or 0 when there was too little room to judge at all. None: the
+    # judge read every candidate whole (or there was nothing to judge).
+    judge_read_tokens: int | None = None
 
 
 @dataclass
@@ -120,6 +124,7 @@ class SearchResult:
                             "cached_tokens": s.cached_tokens,
                             "winner": s.winner,
                             "rounds": s.rounds,
+                            "judge_read_tokens": s.judge_read_tokens,
                             "candidates": len(s.candidates),
                         }
                         for s in stage.steps

@@ -364,6 +364,7 @@ async def test_a_search_whose_candidates_would_overflow_the_context_fits_every_p
     if strategy in ("stage", "sentence"):
         for stage in result.stages:
             assert stage.text.startswith(f"cand-{max(scores)} "), f"{stage.name} was not judged: {stage.text[:40]}"
+            assert all(step.judge_read_tokens is None for step in stage.steps), "sized to be judged whole"
 
 
 async def test_candidates_too_long_for_the_judge_are_judged_by_their_heads_and_kept_whole():
@@ -381,6 +382,10 @@ async def test_candidates_too_long_for_the_judge_are_judged_by_their_heads_and_k
     assert first.text.startswith(f"cand-{max(scores)} ")
     assert first.text == first.steps[0].candidates[first.steps[0].winner].text, "the winner was not kept whole"
     assert any(first.text.startswith(text) and len(text) < len(first.text) for text in judged)
+    (step,) = first.steps
+    assert 0 < step.judge_read_tokens < step.candidates[step.winner].tokens, "the trace does not say it"
+    assert result.to_dict()["stages"][0]["steps"][0]["judge_read_tokens"] == step.judge_read_tokens
+    assert all(step.judge_read_tokens is None for stage in result.stages[1:] for step in stage.steps)
     assert all(stage.text.startswith(f"cand-{max(scores)} ") for stage in result.stages)
 
 
@@ -392,3 +397,4 @@ async def test_a_prompt_that_fills_the_context_gets_an_answer_cut_for_length_not
     assert [s.name for s in result.stages] == STAGES and WELL_FORMED.fullmatch(result.text)
     assert result.finish_reason == "length"
     assert result.stages[0].steps[0].matches == [], "the judge was asked with no room to read"
+    assert result.stages[0].steps[0].judge_read_tokens == 0
