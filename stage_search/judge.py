@@ -70,10 +70,6 @@ class PairwiseJudge:
         self._job_id = job_id
         self._max_tokens = max_tokens
 
-    @property
-    def engine(self) -> Engine:
-        return self._engine
-
     async def compare(
         self, context: JudgeContext, a: Contender, b: Contender, round_: int, priority: int = 0
     ) -> tuple[Contender, MatchTrace]:

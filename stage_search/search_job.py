@@ -74,6 +74,9 @@ class SearchJob:
         self.answer_logprobs: list[TokenLogprob] | None = None  # the final stage's, when asked
         # The latest prompt the engine sampled from, and its tokens as the engine counted them.
         self._seen: tuple[str, int] | None = None
+        # What the engine adds to the tokenizer's count of a prompt (special tokens, image tokens):
+        # the same for every prompt of this conversation, so learned once, when first needed.
+        self._engine_added: int | None = None
         self.out_of_context = False  # a stage was left short because the context was full
         self.started = time.perf_counter()
         self._emit = emit or (lambda event: None)
@@ -172,16 +175,15 @@ class SearchJob:
         seen_text, seen_tokens = self._seen
         used = seen_tokens + byte_bound(text) - byte_bound(seen_text)
         if room(used) < limit:
-            # What the engine adds to the tokenizer's count (special tokens, image tokens) is the
-            # same for every prompt of this conversation.
-            added = seen_tokens - await self.engine.count_tokens(seen_text)
-            used = await self.engine.count_tokens(text) + added
+            if self._engine_added is None:
+                self._engine_added = seen_tokens - await self.engine.count_tokens(seen_text)
+            used = await self.engine.count_tokens(text) + self._engine_added
         return min(limit, room(used))
 
     def _judge_share(self, prompt_tokens: int, question: str) -> int | None:
         """Tokens of each of two candidates the judge can read beside a step prompt of this size."""
         verdict_tokens = self.config.judge_max_tokens if self.config.judge == "generative" else 1
-        return judge_share(self.judge.engine.max_model_len or 0, prompt_tokens, question, verdict_tokens)
+        return judge_share(self.engine.judge_engine().max_model_len or 0, prompt_tokens, question, verdict_tokens)
 
     async def branch(
         self,
