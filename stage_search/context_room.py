@@ -8,6 +8,8 @@ not been through the engine yet is bounded by its UTF-8 bytes: a token covers at
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from stage_search.judge import Contender
 
 # The chat template's turn markers, and tags re-tokenised at a stage boundary.
@@ -16,8 +18,8 @@ TURN_MARGIN = 32
 STAGE_RESERVE = 64
 # Fewer tokens of each candidate than this and the judge is not asked: the first candidate stays.
 MIN_JUDGED_TOKENS = 16
-# A cut candidate keeps this share of the characters its token share would predict: token lengths
-# vary along a text.
+# A cut candidate keeps this share of the characters its token share would predict, then is
+# counted again: token lengths vary along a text.
 _CUT_SAFETY = 0.9
 
 
@@ -43,9 +45,16 @@ def judge_share(context_limit: int, prompt_tokens: int, question: str, verdict_t
     return room // 2
 
 
-def as_judged(contender: Contender, tokens: int, share: int) -> Contender:
-    """The contender as the judge sees it: whole, or its opening `share` tokens when longer."""
-    if tokens <= share:
+async def as_judged(contender: Contender, share: int, count_tokens: Callable[[str], Awaitable[int]]) -> Contender:
+    """The contender as the judge sees it: whole, or its longest opening found within `share`
+    tokens. Its text is counted as the judge's prompt will hold it: a sampled candidate can take
+    more tokens re-read than it took to sample. Counted only when its bytes do not already bound it."""
+    text = contender.text
+    if byte_bound(text) <= share:
         return contender
-    keep = int(len(contender.text) * share / tokens * _CUT_SAFETY)
-    return Contender(contender.index, contender.text[:keep])
+    tokens = await count_tokens(text)
+    keep = len(text)
+    while tokens > share:
+        keep = int(keep * share / tokens * _CUT_SAFETY)
+        tokens = await count_tokens(text[:keep])
+    return contender if keep == len(text) else Contender(contender.index, text[:keep])

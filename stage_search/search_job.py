@@ -254,7 +254,7 @@ class SearchJob:
             return await self.judge.compare(context, a, b, round_, priority=judge_priority)
 
         step = sampled.step
-        judged = self._as_judged(step, contenders, stage)
+        judged = await self._as_judged(step, contenders, stage)
         if judged is None:  # the judge could not read them beside the conversation: the first stays
             step.winner = contenders[0].index
         else:
@@ -268,12 +268,13 @@ class SearchJob:
         self._keep_answer_logprobs(chosen, text, stage_index)
         return Branch(text, chosen, step)
 
-    def _as_judged(
+    async def _as_judged(
         self, step: StepTrace, contenders: Sequence[Contender], stage: Stage | None
     ) -> list[Contender] | None:
         """The contenders as the judge reads them: whole, or each cut to its share of the judge's
-        context when two would not fit (the first step's limit could not count its images); None
-        when too little of them would fit to judge. The step's trace records which."""
+        context when two would not fit (the first step's limit could not count its images, and
+        text can re-tokenise longer than it sampled); None when too little of them would fit to
+        judge. The step's trace records which."""
         if len(contenders) < 2:
             return list(contenders)
         share = self._judge_share(step.prompt_tokens, judge_question(stage, "", ""))
@@ -282,10 +283,11 @@ class SearchJob:
         if share < MIN_JUDGED_TOKENS:
             step.judge_read_tokens = 0
             return None
-        tokens = {c.index: c.tokens for c in step.candidates}
-        if any(tokens[c.index] > share for c in contenders):
+        count = self.engine.judge_engine().count_tokens
+        judged = [await as_judged(c, share, count) for c in contenders]
+        if any(j is not c for j, c in zip(judged, contenders, strict=True)):
             step.judge_read_tokens = share
-        return [as_judged(c, tokens[c.index], share) for c in contenders]
+        return judged
 
     def _keep_answer_logprobs(self, chosen: Candidate, text: str, stage_index: int) -> None:
         if self.is_final(stage_index) and chosen.token_logprobs is not None:

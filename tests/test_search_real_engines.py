@@ -7,8 +7,11 @@ import re
 import pytest
 from helpers import STAGES, image_question, long_question
 
+from models.engine import SamplingSettings
 from stage_search.config import SearchConfig
+from stage_search.context_room import as_judged
 from stage_search.events import SearchFinished, StageDecided
+from stage_search.judge import Contender
 from stage_search.search import run_search, stream_search
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -123,3 +126,30 @@ async def test_a_search_near_the_end_of_the_context_keeps_every_prompt_in_it(eng
     steps = [step for stage in result.stages for step in stage.steps]
     assert steps[0].prompt_tokens > 2500, "the question is not long enough to fill the context"
     assert all(step.prompt_tokens + max(c.tokens for c in step.candidates) <= engine.max_model_len for step in steps)
+
+
+async def test_candidates_that_read_back_longer_than_they_sampled_still_fit_the_judge(engine):
+    """2000 tokens a stage on the 4096-token context, as the API's long tests ask: the first stage's
+    candidates run to about 1,800 sampled tokens, which take about 2,300 in the judge's prompt.
+    Before, the judge sized them by their sampled counts and vLLM refused its prompt half-way
+    through the search (400, value=4097, as CI saw on 2026-11-28)."""
+    result = await run_search(
+        engine, image_question("How many shapes?"), SearchConfig(beam_width=4, max_tokens_per_stage=2000, seed=0)
+    )
+    assert [s.name for s in result.stages] == STAGES and WELL_FORMED.fullmatch(result.text), result.text
+    assert result.stages[0].steps[0].matches, "the first stage was not judged"
+
+
+async def test_the_judge_cuts_a_candidate_by_the_tokens_it_reads_back(engine):
+    """The random tiny model's text, decoded and tokenised again, is longer than the tokens that
+    sampled it (1.15x to 1.36x over 79 candidates here). `as_judged` counts with the engine's own
+    tokenizer, so the opening it keeps fits the judge's share."""
+    prompt = engine.render(image_question("How many shapes?"))
+    settings = SamplingSettings(max_tokens=400, ignore_eos=True, seed=1)
+    (candidate,) = (await engine.generate(prompt, settings, job_id="read-back")).candidates
+    read_back = await engine.count_tokens(candidate.text)
+    assert read_back > candidate.num_tokens, "this text reads back no longer than it sampled"
+    share = candidate.num_tokens - 100
+    judged = await as_judged(Contender(0, candidate.text), share, engine.count_tokens)
+    assert candidate.text.startswith(judged.text)
+    assert share // 2 < await engine.count_tokens(judged.text) <= share

@@ -316,14 +316,17 @@ class ContextLimitedEngine(ScriptedEngine):
     context, as vLLM does, and every candidate runs to its token limit or the context's end. Its
     prompts may hold `image_tokens` that the tokenizer's count does not see, as images do."""
 
-    def __init__(self, max_model_len: int, scores: list[int], image_tokens: int = 0):
+    def __init__(self, max_model_len: int, scores: list[int], image_tokens: int = 0, words_per_token: int = 1):
         def texts(prompt, settings):
             room = min(settings.max_tokens, max_model_len - self._tokens(prompt))
-            return [f"cand-{x} " + "w " * max(room - 2, 0) for x in scores]  # room tokens each
+            return [f"cand-{x} " + "w " * max(room - 2, 0) * words_per_token for x in scores]  # room tokens each
 
         super().__init__(texts)
         self.max_model_len = max_model_len
         self.image_tokens = image_tokens
+        # A sampled token that reads back as several: a random model's text, re-tokenised, can be
+        # longer than the tokens that sampled it.
+        self.words_per_token = words_per_token
         self.admitted: list[str] = []  # every prompt, the judge's included
 
     @property
@@ -342,7 +345,8 @@ class ContextLimitedEngine(ScriptedEngine):
     async def generate(self, prompt, settings, *, job_id, priority=0):
         self._admit(prompt)
         generation = await super().generate(prompt, settings, job_id=job_id, priority=priority)
-        return replace(generation, prompt_tokens=self._tokens(prompt))
+        sampled = tuple(replace(c, num_tokens=c.num_tokens // self.words_per_token) for c in generation.candidates)
+        return replace(generation, candidates=sampled, prompt_tokens=self._tokens(prompt))
 
     async def choose(self, prompt, options, *, job_id, priority=0):
         self._admit(prompt)
@@ -387,6 +391,24 @@ async def test_candidates_too_long_for_the_judge_are_judged_by_their_heads_and_k
     assert result.to_dict()["stages"][0]["steps"][0]["judge_read_tokens"] == step.judge_read_tokens
     assert all(step.judge_read_tokens is None for stage in result.stages[1:] for step in stage.steps)
     assert all(stage.text.startswith(f"cand-{max(scores)} ") for stage in result.stages)
+
+
+@pytest.mark.parametrize("strategy", ["stage", "sentence", "best_of_n"])
+async def test_candidates_that_read_back_longer_than_they_sampled_still_fit_the_judge(strategy):
+    """A candidate's sampled token count does not bound its text in the judge's prompt: here each
+    sampled token reads back as three. The judge counts what it reads and cuts it to fit. Before,
+    it sized the pair by the sampled counts and its prompt went over the context (CI saw vLLM's
+    400 with value=4097 half-way through a search)."""
+    scores = shuffled_scores(4)
+    engine = ContextLimitedEngine(900, scores, words_per_token=3)
+    config = SearchConfig(strategy=strategy, beam_width=4, stage_prompt="never", max_tokens_per_stage=2000)
+    result = await run_search(engine, QUESTION, config)
+    assert engine.longest_prompt <= 900
+    assert WELL_FORMED.fullmatch(result.text), result.text
+    first = result.stages[0]
+    assert first.text.startswith(f"cand-{max(scores)} "), f"{first.name} was not judged: {first.text[:40]}"
+    step = first.steps[0] if strategy != "best_of_n" else result.answer_steps[0]
+    assert step.judge_read_tokens, "the judge read them whole, over its context"
 
 
 async def test_a_prompt_that_fills_the_context_gets_an_answer_cut_for_length_not_an_error():
