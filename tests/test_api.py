@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import time
 
 import httpx
 import openai
@@ -327,11 +328,16 @@ def test_a_streaming_client_that_disconnects_leaves_no_engine_work(server):
         ) as response,
     ):
         assert response.status_code == 200
+        started = time.monotonic()
         lines = (line for line in response.iter_lines() if line)
         assert next(lines).startswith("data: ")  # the role chunk
-        # The first decided stage: the search is under way, three stages to go.
+        # The first stage's opening tag: the search is under way.
         assert any('"stage":' in line for line in lines), "the stream ended before its first stage"
-        assert wait_for(lambda: requests_in_flight(server["base"]) > 0), "the stream is not being served"
+        opened = time.monotonic() - started
+        if not wait_for(lambda: requests_in_flight(server["base"]) > 0):
+            rest = [line[-400:] for line in lines]
+            ended = time.monotonic() - started
+            pytest.fail(f"the stream is not being served: first stage at {opened:.2f} s, end at {ended:.2f} s: {rest}")
         # leaving the block closes the connection mid-search
     # The search had about ten seconds to go: left running, it would outlast this.
     assert wait_for(lambda: running_requests(server) == 0, timeout=5), "engine work kept running after the client left"
