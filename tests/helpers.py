@@ -79,8 +79,9 @@ def requests_in_flight(base: str) -> float:
     return metric_value(base, "llava_o1_requests_in_flight")
 
 
-def metric_value(base: str, name: str) -> float:
-    """A series of a server's /metrics, summed over its label sets (0 when the server is gone)."""
+def metric_value(base: str, name: str, **labels: str) -> float:
+    """A series of a server's /metrics, summed over its label sets that have `labels` (0 when the
+    server is gone)."""
     try:
         text = httpx.get(f"{base}/metrics", timeout=5).text
     except httpx.HTTPError:
@@ -89,7 +90,7 @@ def metric_value(base: str, name: str) -> float:
         sample.value
         for family in text_string_to_metric_families(text)
         for sample in family.samples
-        if sample.name == name
+        if sample.name == name and labels.items() <= sample.labels.items()
     )
 
 

@@ -97,15 +97,20 @@ def test_killing_the_engine_core_fails_requests_with_503_and_exits_non_zero(tiny
         for pid in cores:
             os.kill(pid, signal.SIGKILL)
         killed = time.monotonic()
-        finished_before_kill = list(results)
-        assert not finished_before_kill, f"searches ended before the kill, too short: {finished_before_kill}"
         assert wait_for(lambda: all(is_gone(pid) for pid in cores), timeout=5), f"{cores} outlived SIGKILL:\n{tree}"
         for thread in threads:
             thread.join(timeout=30)
-        all_refused = len(results) == 4 and all(status == 503 for status, _, _ in results)
-        assert all_refused, f"{results}\nkilled {cores} of\n{tree}"
-        assert all(error["error"]["code"] == "engine_unavailable" for _, error, _ in results)
-        assert max(ended for _, _, ended in results) - killed < 2.0, "in-flight requests did not end within 2 s"
+        assert len(results) == 4, f"requests still open 30 s after the kill: {results}"
+        # A scrape of the busy server can come back seconds late: a search may have finished
+        # between the scrape that counted four and the kill. It must have finished well.
+        before = [result for result in results if result[2] < killed]
+        assert all(status == 200 for status, _, _ in before), f"a search failed before the kill: {before}"
+        after = [result for result in results if result[2] >= killed]
+        assert after, f"every search ended before the kill, too short to test it: {results}"
+        all_refused = all(status == 503 for status, _, _ in after)
+        assert all_refused, f"{after}\nkilled {cores} of\n{tree}"
+        assert all(error["error"]["code"] == "engine_unavailable" for _, error, _ in after)
+        assert max(ended for _, _, ended in after) - killed < 2.0, "in-flight requests did not end within 2 s"
         refused = httpx.post(f"{base}/v1/chat/completions", json=chat_body(), headers=AUTH, timeout=10)
         assert refused.status_code == 503 and refused.json()["error"]["code"] == "engine_unavailable"
         assert httpx.get(f"{base}/health", timeout=5).status_code == 503
