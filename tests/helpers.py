@@ -20,9 +20,16 @@ from prometheus_client.parser import text_string_to_metric_families
 from models.engine import ChatMessage, ChatPart, Engine, SamplingSettings
 from server.settings import ServerSettings
 from stage_search.config import SearchConfig
+from training.tiny_model import EOS, SPECIAL_TOKENS
 
 API_KEY = "sk-test-key"  # the test servers' bearer token
 MODEL = "llava-o1-tiny"  # the name the session's vLLM test server serves the tiny model under
+# Request fields that ban the tiny model's end-of-turn token (its id is its place among the
+# builder's special tokens) from every candidate: each then runs to its token limit (a closing tag
+# is four tokens, which the random model does not write). A test that needs a search to last must
+# not rest on where the random model samples EOS: that moves from CPU to CPU (bfloat16 here, float32
+# where the CPU has no native bfloat16), and CI's stages ended far sooner than this machine's.
+NO_EOS = {"logit_bias": {str(SPECIAL_TOKENS.index(EOS)): -100}}
 STAGES = ["SUMMARY", "CAPTION", "REASONING", "CONCLUSION"]
 TAGGED = re.compile(
     r"<SUMMARY>(.*)</SUMMARY>\n\n<CAPTION>(.*)</CAPTION>\n\n"

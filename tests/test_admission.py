@@ -7,7 +7,7 @@ import json
 
 import httpx
 import pytest
-from helpers import payload, small_server
+from helpers import NO_EOS, payload, small_server
 
 from server.admission import AdmissionController
 from server.errors import APIError
@@ -82,7 +82,7 @@ async def test_overload_ends_every_request_in_success_429_or_504(engine, image_u
 
 async def test_deadline_gives_504_and_stops_the_engine_work(engine, image_url):
     async with small_server(engine) as (_app, base):
-        body = payload(image_url, beam_width=4, max_tokens_per_stage=3000, timeout=1.0)
+        body = {**payload(image_url, beam_width=4, max_tokens_per_stage=3000, timeout=1.0), **NO_EOS}
         body["model"] = engine.model_name
         async with httpx.AsyncClient(base_url=base, timeout=60) as client:
             response = await client.post("/v1/chat/completions", json=body)
@@ -103,7 +103,7 @@ async def test_deadline_gives_504_and_stops_the_engine_work(engine, image_url):
 async def test_auto_beam_width_shrinks_as_the_queue_grows_and_is_reported(engine, image_url):
     async with small_server(engine) as (app, base):
         admission = app.state.llava_o1.admission
-        long = payload(image_url, beam_width=1, max_tokens_per_stage=400)
+        long = {**payload(image_url, beam_width=1, max_tokens_per_stage=400), **NO_EOS}
         auto = payload(image_url, beam_width="auto")
         long["model"] = auto["model"] = engine.model_name
         async with httpx.AsyncClient(base_url=base, timeout=120) as client:

@@ -10,6 +10,7 @@ import pytest
 from helpers import (
     API_KEY,
     MODEL,
+    NO_EOS,
     REASONING,
     STAGES,
     TAGGED,
@@ -312,11 +313,11 @@ def running_requests(server) -> int:
     return httpx.get(server["base"] + "/health").json()["running_requests"]
 
 
-LONG_SEARCH = {"beam_width": 4, "max_tokens_per_stage": 2000}
+LONG_SEARCH = {"beam_width": 4, "max_tokens_per_stage": 2000}  # with NO_EOS, about 9 s here
 
 
 def test_a_streaming_client_that_disconnects_leaves_no_engine_work(server):
-    payload = body(stream=True, reasoning=LONG_SEARCH, max_tokens=None)
+    payload = body(stream=True, reasoning=LONG_SEARCH, max_tokens=None, **NO_EOS)
     cancelled = cancelled_requests(server)
     with (
         httpx.Client(timeout=60) as c,
@@ -337,7 +338,7 @@ def test_a_streaming_client_that_disconnects_leaves_no_engine_work(server):
     # afterwards: a scrape of this busy 2-core server can come back seconds late, so the in-flight
     # gauge read "now" could show a search that had ended meanwhile as never served.)
     assert wait_for(lambda: cancelled_requests(server) > cancelled), "the search had ended before the client left"
-    # The search had about ten seconds to go: left running, it would outlast this.
+    # The search had seconds to go: left running, it would outlast this.
     assert wait_for(lambda: running_requests(server) == 0, timeout=5), "engine work kept running after the client left"
 
 
@@ -347,7 +348,7 @@ def cancelled_requests(server) -> float:
 
 
 def test_a_plain_client_that_disconnects_leaves_no_engine_work(server):
-    payload = body(reasoning=LONG_SEARCH, max_tokens=None)
+    payload = body(reasoning=LONG_SEARCH, max_tokens=None, **NO_EOS)
     with pytest.raises(httpx.TimeoutException):
         httpx.post(
             server["base"] + "/v1/chat/completions",
@@ -355,7 +356,7 @@ def test_a_plain_client_that_disconnects_leaves_no_engine_work(server):
             timeout=3,
             headers={"Authorization": f"Bearer {API_KEY}"},
         )
-    # The search had about ten seconds to go: left running, it would outlast this.
+    # The search had seconds to go: left running, it would outlast this.
     assert wait_for(lambda: running_requests(server) == 0, timeout=5), "engine work kept running after the client left"
 
 

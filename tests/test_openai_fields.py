@@ -10,7 +10,7 @@ import httpx
 import jsonschema
 import openai
 import pytest
-from helpers import API_KEY, MODEL, SMALL, STAGES, extra, payload, question, small_server
+from helpers import API_KEY, MODEL, NO_EOS, SMALL, STAGES, extra, payload, question, small_server
 from transformers import AutoTokenizer
 
 # Greedy, one sample per stage: the same request gives the same answer, so a field's effect is
@@ -199,6 +199,16 @@ def test_logit_bias_forces_a_token(client, tiny_model_dir):
     assert answer and answer.replace(word.strip(), "").strip() == "", answer
 
 
+def test_logit_bias_reaches_every_candidate_of_every_stage(client, tiny_model_dir):
+    """Banning EOS makes every candidate sample its whole budget, which the tests that need a long
+    search rely on (helpers.NO_EOS)."""
+    assert NO_EOS["logit_bias"] == {str(AutoTokenizer.from_pretrained(tiny_model_dir).eos_token_id): -100}
+    beams, per_stage = 3, 24
+    reasoning = {"beam_width": beams, "max_tokens_per_stage": per_stage}
+    response = ask(client, extra_body={"reasoning": reasoning}, seed=3, **NO_EOS)
+    assert response.usage.completion_tokens == beams * per_stage * len(STAGES)
+
+
 # -- fields accepted without effect ---------------------------------------------------------------
 
 
@@ -269,7 +279,8 @@ def test_stream_deltas_carry_reasoning_under_both_names(client):
 @pytest.mark.asyncio(loop_scope="session")
 async def test_a_thinking_stream_sends_its_role_at_once_then_keepalive_comments(engine, image_url):
     settings = replace(SMALL, sse_keepalive_s=0.05)
-    request = {**payload(image_url, beam_width=4, max_tokens_per_stage=200), "model": engine.model_name, "stream": True}
+    request = {**payload(image_url, beam_width=4, max_tokens_per_stage=200), **NO_EOS}
+    request.update(model=engine.model_name, stream=True)
     async with (
         small_server(engine, settings) as (_, base),
         httpx.AsyncClient(base_url=base, timeout=120) as http,
