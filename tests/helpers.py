@@ -27,8 +27,8 @@ MODEL = "llava-o1-tiny"  # the name the session's vLLM test server serves the ti
 # Request fields that ban the tiny model's end-of-turn token (its id is its place among the
 # builder's special tokens) from every candidate: each then runs to its token limit (a closing tag
 # is four tokens, which the random model does not write). A test that needs a search to last must
-# not rest on where the random model samples EOS: that moves from CPU to CPU (bfloat16 here, float32
-# where the CPU has no native bfloat16), and CI's stages ended far sooner than this machine's.
+# not rest on where the random model samples EOS: that can move from CPU to CPU (CI's searches ended
+# far sooner than this machine's, as inferred from two fault tests' failures; docs/development.md).
 NO_EOS = {"logit_bias": {str(SPECIAL_TOKENS.index(EOS)): -100}}
 STAGES = ["SUMMARY", "CAPTION", "REASONING", "CONCLUSION"]
 TAGGED = re.compile(

@@ -182,7 +182,7 @@ def test_sigterm_lets_a_stream_in_flight_finish_refuses_new_requests_and_exits_0
 async def test_what_outlives_the_shutdown_timeout_gets_503_plain_or_in_band(engine, image_url):
     """The drain itself, in process on the session engine (the signal's part is tested above)."""
     settings = replace(SMALL, shutdown_timeout_s=1.0)
-    endless = {**payload(image_url, beam_width=4, max_tokens_per_stage=3000), **NO_EOS, "model": engine.model_name}
+    endless = endless_search(engine, image_url)
     async with small_server(engine, settings) as (app, base), httpx.AsyncClient(base_url=base, timeout=60) as client:
         lifecycle = app.state.llava_o1.lifecycle
         plain, stream = await plain_and_streamed_in_flight(client, lifecycle, endless)
@@ -191,6 +191,11 @@ async def test_what_outlives_the_shutdown_timeout_gets_503_plain_or_in_band(engi
         assert time.monotonic() - drained < 1.0 + STOPPING_GRACE_S + 0.5
         await assert_both_ended_with("shutting_down", plain, stream)
         await assert_no_engine_work_left(engine, "the cancelled searches left engine work running")
+
+
+def endless_search(engine, image_url: str) -> dict:
+    """A request for the session engine whose search outlasts any test (3000 tokens a stage, NO_EOS)."""
+    return {**payload(image_url, beam_width=4, max_tokens_per_stage=3000), **NO_EOS, "model": engine.model_name}
 
 
 async def plain_and_streamed_in_flight(client: httpx.AsyncClient, lifecycle, body: dict):
@@ -241,7 +246,7 @@ async def test_requests_in_flight_get_503_as_soon_as_the_engine_is_found_dead(en
     """The server ends requests in flight itself once its health watch finds the engine dead: it
     does not wait for the engine to fail them (that is what the subprocess test above sees)."""
     dying = _DeadWithoutTelling(engine)
-    endless = {**payload(image_url, beam_width=4, max_tokens_per_stage=3000), **NO_EOS, "model": engine.model_name}
+    endless = endless_search(engine, image_url)
     async with small_server(dying, SMALL) as (app, base), httpx.AsyncClient(base_url=base, timeout=60) as client:
         plain, stream = await plain_and_streamed_in_flight(client, app.state.llava_o1.lifecycle, endless)
         await asyncio.sleep(0.5)
