@@ -1,6 +1,7 @@
 """Token ids of single-token options (the judge's "1" and "2"), shared by the engines' `choose`.
 
-An option counts in two spellings: as given, and with a leading space when that is one token too.
+An option counts in two spellings: as given, and with a leading space, each where it is one token
+(at least one must be: the verifier's "yes" is two tokens for the demo tokenizer, " yes" one).
 Chat templates often put a space between the assistant's header and its reply ("Assistant: 1"), so
 a model trained on its template writes " 1", not "1", as the first token of its answer; reading
 only "1" would ask about a token the model never learnt to put there.
@@ -41,31 +42,33 @@ class OptionTokens:
 
     def __init__(self, tokenizer: Encoder):
         self._tokenizer = tokenizer
-        self._ids: dict[str, int] = {}
+        self._ids: dict[str, list[int]] = {}
 
-    def id_of(self, option: str) -> int:
-        """The id of an option that must encode to exactly one token."""
+    def ids_of_option(self, option: str) -> list[int]:
+        """The one-token spellings of an option: as given, then space-led, where each is one token.
+        At least one must be: "yes" may be two tokens where " yes" is one (the demo tokenizer)."""
         if option not in self._ids:
-            ids = self._tokenizer.encode(option, add_special_tokens=False)
-            if len(ids) != 1:
-                raise ValueError(f"option {option!r} is {len(ids)} tokens for this model; choices must be one token")
-            self._ids[option] = ids[0]
+            ids = []
+            for spelling in (option, f" {option}"):
+                encoded = self._tokenizer.encode(spelling, add_special_tokens=False)
+                if len(encoded) == 1 and encoded[0] not in ids:
+                    ids.append(encoded[0])
+            if not ids:
+                raise ValueError(f"option {option!r} is not one token for this model, with or without a leading space")
+            self._ids[option] = ids
         return self._ids[option]
 
-    def ids_of(self, options: Sequence[str]) -> list[int]:
-        """The ids of a `choose` call's options (at least two, distinct)."""
+    def spellings_of(self, options: Sequence[str]) -> OptionSpellings:
+        """Each option's one-token spellings (at least two distinct options)."""
         if len(set(options)) < 2:
             raise ValueError("choose needs at least two distinct options")
-        return [self.id_of(option) for option in options]
-
-    def spellings_of(self, options: Sequence[str]) -> OptionSpellings:
-        """Each option's token, plus its space-led form where that is one other token."""
-        ids = self.ids_of(options)
-        token_ids, owners = list(ids), list(range(len(ids)))
+        token_ids: list[int] = []
+        owners: list[int] = []
         for index, option in enumerate(options):
-            spaced = self._tokenizer.encode(f" {option}", add_special_tokens=False)
-            if len(spaced) == 1 and spaced[0] not in token_ids:
-                token_ids.append(spaced[0])
+            for token_id in self.ids_of_option(option):
+                if token_id in token_ids:
+                    raise ValueError(f"options {options!r} share a token")
+                token_ids.append(token_id)
                 owners.append(index)
         return OptionSpellings(token_ids, owners, len(options))
 

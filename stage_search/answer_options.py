@@ -11,7 +11,7 @@ from models.engine import SamplingControls, SamplingSettings, TokenLogprob
 
 # The strategies that sample the final stage as one piece, so that a format or log-probabilities
 # can be applied to it; the others write whole answers or build the stage sentence by sentence.
-ONE_PIECE_FINAL = ("stage", "none")
+ONE_PIECE_FINAL = ("stage", "swires", "none")
 
 
 @dataclass(frozen=True)

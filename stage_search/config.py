@@ -11,10 +11,15 @@ from stage_search.strategies import STRATEGIES
 
 JudgeMode = Literal["logprob", "generative"]
 StagePrompt = Literal["auto", "always", "never"]
+# How the verifier ranks candidates: pairwise matches (the paper's first version), or one score per
+# candidate (its final version's reward model); auto: pointwise for a separate verifier model,
+# pairwise when the model judges itself.
+VerifierForm = Literal["auto", "pairwise", "pointwise"]
 
 # The names flags and schemas accept, read from their one definition.
 STRATEGY_NAMES: tuple[str, ...] = tuple(STRATEGIES)
 JUDGE_MODES: tuple[str, ...] = get_args(JudgeMode)
+VERIFIER_FORMS: tuple[str, ...] = get_args(VerifierForm)
 STAGE_PROMPTS: tuple[str, ...] = get_args(StagePrompt)
 
 # The temperature candidates are sampled at when a request leaves it out and the search branches
@@ -29,6 +34,31 @@ else:
 
 
 @dataclass(frozen=True)
+class SwiresSettings:
+    """The counts of the paper's final search (SWIRES, stage_search/swires.py), its defaults those
+    of the published code, and when it goes back to sample new captions."""
+
+    captions: int = 4  # captions sampled per attempt
+    kept_captions: int = 2  # the best-scored ones, each continued by reasoning
+    reasonings_per_caption: int = 2
+    conclusions: int = 3  # reasoning paths (the best-scored of every attempt) given a conclusion each
+    max_retraces: int = 4  # attempts after the first
+    # Retrace while the second-best reasoning score is at or below this (the verifier's log-odds).
+    # The published rule is the reward model's mean score plus 0.2533 standard deviations; this is
+    # that rule on the demo verifier's scores of on-policy reasoning (docs/benchmarks.md).
+    cutoff: float = 0.0
+
+    def __post_init__(self) -> None:
+        counts = (self.captions, self.kept_captions, self.reasonings_per_caption, self.conclusions)
+        if not all(1 <= c <= 16 for c in counts) or self.kept_captions > self.captions:
+            raise ValueError("swires counts must be between 1 and 16, and keep no more captions than it samples")
+        if not 0 <= self.max_retraces <= 16:
+            raise ValueError("swires max_retraces must be between 0 and 16")
+        if not -30.0 <= self.cutoff <= 30.0:
+            raise ValueError("swires cutoff must be a log-odds score between -30 and 30")
+
+
+@dataclass(frozen=True)
 class SearchConfig:
     """How one question is searched. Defaults follow the paper where it says (top_p 0.9)."""
 
@@ -36,6 +66,8 @@ class SearchConfig:
     beam_width: int = 4
     judge: JudgeMode = "logprob"
     debias: bool = False
+    verifier_form: VerifierForm = "auto"
+    swires: SwiresSettings = field(default_factory=SwiresSettings)
     stage_prompt: StagePrompt = "auto"
     stages: StageSet = field(default_factory=StageSet.from_names)
     # None: `search_temperature` when the search branches, greedy when it does not.
@@ -58,6 +90,8 @@ class SearchConfig:
             raise ValueError(f"strategy must be one of {', '.join(STRATEGY_NAMES)}")
         if self.judge not in JUDGE_MODES:
             raise ValueError(f"judge must be one of {', '.join(JUDGE_MODES)}")
+        if self.verifier_form not in VERIFIER_FORMS:
+            raise ValueError(f"verifier_form must be one of {', '.join(VERIFIER_FORMS)}")
         if self.stage_prompt not in STAGE_PROMPTS:
             raise ValueError(f"stage_prompt must be one of {', '.join(STAGE_PROMPTS)}")
         if not 1 <= self.beam_width <= 64:
@@ -81,6 +115,15 @@ class SearchConfig:
         if self.temperature is not None:
             return self.temperature
         return self.search_temperature if self.branches else 0.0
+
+    def resolved_verifier_form(self, *, separate_verifier: bool) -> str:
+        """pairwise or pointwise: swires always scores pointwise; auto is pointwise for a separate
+        verifier model, pairwise when the model judges itself."""
+        if self.strategy == "swires":
+            return "pointwise"
+        if self.verifier_form != "auto":
+            return self.verifier_form
+        return "pointwise" if separate_verifier else "pairwise"
 
     @property
     def total_token_budget(self) -> int:

@@ -36,13 +36,16 @@ def stage_room(context_limit: int, context_used: int, later_stages: int) -> int:
     return max(free - later_stages * STAGE_RESERVE, free // (later_stages + 1))
 
 
-def judge_share(context_limit: int, prompt_tokens: int, question: str, verdict_tokens: int) -> int | None:
-    """Tokens of each of two candidates the judge can read: its prompt is the step's prompt, the
-    judge's question around the two, and room for the verdict. None when the limit is unknown."""
+def judge_share(
+    context_limit: int, prompt_tokens: int, question: str, verdict_tokens: int, candidates: int = 2
+) -> int | None:
+    """Tokens of each candidate the verifier can read: its prompt is the step's prompt, the
+    question around the candidates (two for a pairwise match, one for a pointwise score), and room
+    for the verdict. None when the limit is unknown."""
     if context_limit <= 0:
         return None
     room = context_limit - prompt_tokens - byte_bound(question) - TURN_MARGIN - verdict_tokens
-    return room // 2
+    return room // candidates
 
 
 async def as_judged(contender: Contender, share: int, count_tokens: Callable[[str], Awaitable[int]]) -> Contender:

@@ -6,7 +6,7 @@ import asyncio
 from dataclasses import dataclass
 
 from models.engine import ChatMessage, Engine, SamplingSettings
-from stage_search.prompts import judge_question, parse_verdict
+from stage_search.prompts import judge_question, parse_verdict, verify_question
 from stage_search.stages import Stage
 from stage_search.trace import MatchTrace
 
@@ -23,16 +23,29 @@ class Contender:
 
 @dataclass(frozen=True)
 class JudgeContext:
-    """What every match of one step shares: the conversation (images, question), the answer so far."""
+    """What every match or score of one step shares: the conversation (images, question), the
+    answer so far, and the stage its candidates are of."""
 
     conversation: tuple[ChatMessage, ...]
     accepted: str
     stage: Stage | None  # None: whole answers (best-of-N)
+    # Whole answers: the text the search wrote before each (the first stage's opening tag).
+    whole_opening: str = ""
 
     def messages(self, judge_text: str) -> list[ChatMessage]:
         # The judge's prompt continues the conversation the candidates were sampled from, so its
         # long prefix (image, question, accepted stages) is already in the engine's prefix cache.
         return [*self.conversation, ChatMessage("assistant", self.accepted), ChatMessage("user", judge_text)]
+
+    def scored_messages(self, candidate: str) -> list[ChatMessage]:
+        """The pointwise verifier's prompt: the answer so far ending with this candidate, as the
+        model wrote it, then the question whether it is right. Candidates of a step share all but
+        their own text, so the prefix cache holds the rest."""
+        if self.stage is None:
+            answer = self.whole_opening + candidate
+        else:
+            answer = self.accepted + self.stage.open_tag + candidate + self.stage.close_tag
+        return [*self.conversation, ChatMessage("assistant", answer), ChatMessage("user", verify_question(self.stage))]
 
 
 @dataclass(frozen=True)
@@ -40,6 +53,7 @@ class _Verdict:
     probabilities: tuple[float, float]  # P(slot 1 better), P(slot 2 better)
     text: str | None
     tokens: int
+    calls: int = 1  # engine calls: a generative verdict that could not be parsed asks again
 
 
 class PairwiseJudge:
@@ -94,6 +108,7 @@ class PairwiseJudge:
             winner=winner.index,
             verdicts=tuple(v.text for v in verdicts if v.text is not None),
             judge_tokens=sum(v.tokens for v in verdicts),
+            judge_calls=sum(v.calls for v in verdicts),
         )
         return winner, match
 
@@ -115,7 +130,7 @@ class PairwiseJudge:
             if slot is not None:
                 return _Verdict((1.0, 0.0) if slot == 0 else (0.0, 1.0), verdict.text, tokens)
             fallback = await self._choose(prompt, priority)
-            return _Verdict(fallback.probabilities, verdict.text, tokens + fallback.tokens)
+            return _Verdict(fallback.probabilities, verdict.text, tokens + fallback.tokens, calls=2)
         return await self._choose(prompt, priority)
 
     async def _choose(self, prompt, priority: int) -> _Verdict:

@@ -1,4 +1,5 @@
-"""The words the search adds to prompts: the stage instruction and the judge's question."""
+"""The words the search adds to prompts: the stage instruction, the pairwise judge's question and
+the pointwise verifier's."""
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ def judge_question(stage: Stage | None, first: str, second: str) -> str:
     `stage` None means whole answers are compared (best-of-N).
     """
     if stage is None:
-        what, criteria = "answers", "it reasons correctly from the image and ends in a correct, direct answer"
+        what, criteria = "answers", WHOLE_ANSWER_CRITERIA
     else:
         what, criteria = f"{stage.name} sections continuing the answer above", stage.criteria
     return (
@@ -44,6 +45,19 @@ def judge_question(stage: Stage | None, first: str, second: str) -> str:
         '"I choose response 2".\n\n'
         f"Response 1:\n{first.strip()}\n\nResponse 2:\n{second.strip()}\n\nThe better response is"
     )
+
+
+WHOLE_ANSWER_CRITERIA = "it reasons correctly from the image and ends in a correct, direct answer"
+
+
+def verify_question(stage: Stage | None) -> str:
+    """The pointwise verifier's turn, after the conversation whose last assistant turn ends with the
+    candidate: is it right? Answered with one token, "yes" or "no". `stage` None: a whole answer."""
+    if stage is None:
+        what, criteria = "the answer above", WHOLE_ANSWER_CRITERIA
+    else:
+        what, criteria = f"the {stage.name} section above", stage.criteria
+    return f"Is {what} right? A right one is one where {criteria}. Answer yes or no."
 
 
 def error_check_question(stage: Stage, candidate: str) -> str:

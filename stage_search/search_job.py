@@ -22,10 +22,19 @@ from stage_search.answer_options import logprobs_of_text
 from stage_search.context_room import MIN_JUDGED_TOKENS, as_judged, byte_bound, judge_share, stage_room
 from stage_search.events import SearchEvent, StageDecided, StageDelta, StageStarted
 from stage_search.judge import Contender, JudgeContext, PairwiseJudge
-from stage_search.prompts import is_stage_trained, judge_question, stage_instruction
+from stage_search.pointwise import PointwiseVerifier, best
+from stage_search.prompts import is_stage_trained, judge_question, stage_instruction, verify_question
 from stage_search.stages import Stage
 from stage_search.tournament import run_tournament
-from stage_search.trace import AnswerFinish, CandidateTrace, SearchResult, StageTrace, StepTrace, Usage
+from stage_search.trace import (
+    AnswerFinish,
+    CandidateTrace,
+    ScoreTrace,
+    SearchResult,
+    StageTrace,
+    StepTrace,
+    Usage,
+)
 
 if TYPE_CHECKING:  # at run time config imports the strategies, which import this module
     from stage_search.config import SearchConfig
@@ -78,17 +87,22 @@ class SearchJob:
         # the same for every prompt of this conversation, so learned once, when first needed.
         self._engine_added: int | None = None
         self.out_of_context = False  # a stage was left short because the context was full
+        self.retraces = 0  # swires: times it went back to sample new captions
         self.started = time.perf_counter()
         self._emit = emit or (lambda event: None)
         self._seeds = itertools.count(config.seed) if config.seed is not None else None
         self.messages = self._with_stage_instruction(list(messages))
+        judge_engine = engine.judge_engine()
+        self.verifier = "self" if judge_engine is engine else judge_engine.model_name
+        self.verifier_form = config.resolved_verifier_form(separate_verifier=judge_engine is not engine)
         self.judge = PairwiseJudge(
-            engine.judge_engine(),
+            judge_engine,
             mode=config.judge,
             debias=config.debias,
             job_id=job_id,
             max_tokens=config.judge_max_tokens,
         )
+        self.scorer = PointwiseVerifier(judge_engine, job_id=job_id)
 
     def _with_stage_instruction(self, messages: list[ChatMessage]) -> list[ChatMessage]:
         wanted = self.config.stage_prompt == "always" or (
@@ -129,24 +143,29 @@ class SearchJob:
         """Lower runs first: later stages, and judging before more sampling, finish requests sooner."""
         return (len(self.stages) - stage_index) * 2 - (1 if judging else 0)
 
-    def budget_limit(self, stage_index: int) -> int:
+    def budget_limit(self, stage_index: int, accepted_tokens: int | None = None) -> int:
         """Tokens a step of this stage may sample by the request's limits: the stage limit, within
-        what the answer has left after keeping one token for each later stage."""
+        what the answer has left after keeping one token for each later stage. `accepted_tokens`:
+        the answer's length so far on the step's path, when it is not the kept winners'."""
         later_stages = len(self.stages) - stage_index - 1
-        left = self.config.total_token_budget - self.accepted_tokens - later_stages
+        accepted = self.accepted_tokens if accepted_tokens is None else accepted_tokens
+        left = self.config.total_token_budget - accepted - later_stages
         return max(1, min(self.config.max_tokens_per_stage, left))
 
-    async def token_limit(self, stage_index: int, prefix: str, judged: bool = False) -> int:
+    async def token_limit(
+        self, stage_index: int, prefix: str, judged: bool = False, accepted_tokens: int | None = None
+    ) -> int:
         """The budget limit of a step continuing the assistant's `prefix`, within the context's room
         (see `_within_context`). Below 1 when the context is full."""
         later_stages = len(self.stages) - stage_index - 1
-        question = judge_question(self.stages.stages[stage_index], "", "") if judged else None
-        return await self._within_context(self.budget_limit(stage_index), prefix, later_stages, question)
+        question = self.verdict_question(self.stages.stages[stage_index]) if judged else None
+        budget = self.budget_limit(stage_index, accepted_tokens)
+        return await self._within_context(budget, prefix, later_stages, question)
 
     async def answer_token_limit(self) -> int:
         """Tokens a whole answer (every stage in one sample, after the first stage's opening tag)
         may take; several are judged whole against each other."""
-        question = judge_question(None, "", "") if self.config.beam_width > 1 else None
+        question = self.verdict_question(None) if self.config.beam_width > 1 else None
         prefix = self.stages.stages[0].open_tag
         return await self._within_context(self.config.total_token_budget, prefix, 0, question)
 
@@ -157,8 +176,11 @@ class SearchJob:
         if context_limit <= 0:
             return limit
 
+        # A judged search keeps room for the verifier's question at the end of every later step too.
+        kept_for_verdict = byte_bound(question) if question is not None else 0
+
         def room(used: int) -> int:
-            tokens = stage_room(context_limit, used, later_stages)
+            tokens = stage_room(context_limit - kept_for_verdict, used, later_stages)
             share = self._judge_share(used, question) if question is not None else None
             return min(tokens, share) if share is not None and share >= MIN_JUDGED_TOKENS else tokens
 
@@ -180,10 +202,26 @@ class SearchJob:
             used = await self.engine.count_tokens(text) + self._engine_added
         return min(limit, room(used))
 
+    def verdict_question(self, stage: Stage | None) -> str:
+        """The text the verifier's prompt adds around the candidates (as sized; empty candidates)."""
+        return verify_question(stage) if self.verifier_form == "pointwise" else judge_question(stage, "", "")
+
     def _judge_share(self, prompt_tokens: int, question: str) -> int | None:
-        """Tokens of each of two candidates the judge can read beside a step prompt of this size."""
-        verdict_tokens = self.config.judge_max_tokens if self.config.judge == "generative" else 1
-        return judge_share(self.engine.judge_engine().max_model_len or 0, prompt_tokens, question, verdict_tokens)
+        """Tokens of each candidate the verifier can read beside a step prompt of this size: two to
+        a pairwise match, one to a pointwise score."""
+        pairwise = self.verifier_form == "pairwise"
+        verdict_tokens = self.config.judge_max_tokens if pairwise and self.config.judge == "generative" else 1
+        return judge_share(
+            self.engine.judge_engine().max_model_len or 0,
+            prompt_tokens,
+            question,
+            verdict_tokens,
+            candidates=2 if pairwise else 1,
+        )
+
+    def judge_context(self, accepted: str, stage: Stage | None) -> JudgeContext:
+        """What the verifier reads besides the candidates: the conversation and the answer so far."""
+        return JudgeContext(tuple(self.messages), accepted, stage, whole_opening=self.stages.stages[0].open_tag)
 
     async def branch(
         self,
@@ -212,22 +250,28 @@ class SearchJob:
         stop: tuple[str, ...],
         clean: Callable[[Candidate], str],
         stage_index: int,
+        first_index: int = 0,
+        extends_last_prompt: bool = True,
     ) -> Sampled:
         """n continuations in one engine call, traced. `clean` turns a raw candidate into the text
         that would be accepted; identical cleaned texts are merged, so equal candidates cost no
-        comparison."""
+        comparison. Candidates are numbered from `first_index` (swires numbers a stage's candidates
+        across its steps). Context sizing bounds a prompt by the last one sampled, which it must
+        extend: a step on a path beside others (swires) passes `extends_last_prompt=False` so that
+        its prompt is not taken as the one the others extend."""
         prompt = self.engine.render(self.messages, assistant_prefix)
         settings = self.candidate_settings(n, max_tokens, stop, stage_index)
         generation = await self.engine.generate(
             prompt, settings, job_id=self.job_id, priority=self.priority(stage_index)
         )
         step = StepTrace(prompt_tokens=generation.prompt_tokens, cached_tokens=generation.cached_tokens)
-        self._seen = (prompt.text, generation.prompt_tokens)
+        if extends_last_prompt:
+            self._seen = (prompt.text, generation.prompt_tokens)
         self.usage.prompt_tokens += generation.prompt_tokens
         self.usage.cached_tokens += generation.cached_tokens
         first_of_text: dict[str, int] = {}
         contenders: list[Contender] = []
-        for index, candidate in enumerate(generation.candidates):
+        for index, candidate in enumerate(generation.candidates, start=first_index):
             text = clean(candidate)
             merged = first_of_text.get(text)
             if merged is None:
@@ -246,27 +290,56 @@ class SearchJob:
         stage: Stage | None,
         stage_index: int,
     ) -> Branch:
-        """The judge's pick among `contenders` (some or all of the sampled ones), by tournament."""
-        context = JudgeContext(tuple(self.messages), accepted, stage)
+        """The verifier's pick among `contenders` (some or all of the sampled ones): the best score
+        (pointwise), or the winner of a tournament of matches (pairwise)."""
+        step = sampled.step
+        if len(contenders) < 2:  # nothing to compare
+            step.winner = contenders[0].index
+        elif self.verifier_form == "pointwise":
+            scores = await self.score(step, contenders, accepted=accepted, stage=stage, stage_index=stage_index)
+            step.winner = best(scores).index if scores else contenders[0].index
+        else:
+            await self._play_tournament(step, contenders, accepted=accepted, stage=stage, stage_index=stage_index)
+        chosen = sampled.candidates[step.winner]
+        self.accepted_tokens += chosen.num_tokens
+        text = next(c.text for c in contenders if c.index == step.winner)  # whole, as sampled
+        self.keep_answer_logprobs(chosen, text, stage_index)
+        return Branch(text, chosen, step)
+
+    async def _play_tournament(
+        self, step: StepTrace, contenders: Sequence[Contender], *, accepted: str, stage: Stage | None, stage_index: int
+    ) -> None:
+        context = self.judge_context(accepted, stage)
         judge_priority = self.priority(stage_index, judging=True)
 
         async def play(a: Contender, b: Contender, round_: int):
             return await self.judge.compare(context, a, b, round_, priority=judge_priority)
 
-        step = sampled.step
         judged = await self._as_judged(step, contenders, stage)
         if judged is None:  # the judge could not read them beside the conversation: the first stays
             step.winner = contenders[0].index
-        else:
-            result = await run_tournament(judged, play)
-            step.matches = list(result.matches)
-            step.winner, step.rounds = result.winner.index, result.rounds
+            return
+        result = await run_tournament(judged, play)
+        step.matches = list(result.matches)
+        step.winner, step.rounds = result.winner.index, result.rounds
         self.usage.judge_tokens += sum(m.judge_tokens for m in step.matches)
-        chosen = sampled.candidates[step.winner]
-        self.accepted_tokens += chosen.num_tokens
-        text = next(c.text for c in contenders if c.index == step.winner)  # whole, as sampled
-        self._keep_answer_logprobs(chosen, text, stage_index)
-        return Branch(text, chosen, step)
+        self.usage.judge_calls += sum(m.judge_calls for m in step.matches)
+
+    async def score(
+        self, step: StepTrace, contenders: Sequence[Contender], *, accepted: str, stage: Stage | None, stage_index: int
+    ) -> list[ScoreTrace]:
+        """The pointwise verifier's score of each contender, concurrently, recorded in the step (in
+        the contenders' order). None are scored when too little of them fits the verifier's context
+        beside the conversation (the step's trace then says so)."""
+        judged = await self._as_judged(step, contenders, stage)
+        if judged is None:
+            return []
+        priority = self.priority(stage_index, judging=True)
+        scores = await self.scorer.score_all(self.judge_context(accepted, stage), judged, priority)
+        step.scores.extend(scores)
+        self.usage.judge_tokens += sum(s.judge_tokens for s in scores)
+        self.usage.judge_calls += len(scores)
+        return scores
 
     async def _as_judged(
         self, step: StepTrace, contenders: Sequence[Contender], stage: Stage | None
@@ -275,9 +348,9 @@ class SearchJob:
         context when two would not fit (the first step's limit could not count its images, and
         text can re-tokenise longer than it sampled); None when too little of them would fit to
         judge. The step's trace records which."""
-        if len(contenders) < 2:
+        if len(contenders) < 2 and self.verifier_form == "pairwise":
             return list(contenders)
-        share = self._judge_share(step.prompt_tokens, judge_question(stage, "", ""))
+        share = self._judge_share(step.prompt_tokens, self.verdict_question(stage))
         if share is None:
             return list(contenders)
         if share < MIN_JUDGED_TOKENS:
@@ -289,7 +362,8 @@ class SearchJob:
             step.judge_read_tokens = share
         return judged
 
-    def _keep_answer_logprobs(self, chosen: Candidate, text: str, stage_index: int) -> None:
+    def keep_answer_logprobs(self, chosen: Candidate, text: str, stage_index: int) -> None:
+        """The final stage's token log-probabilities, when the request asked for them."""
         if self.is_final(stage_index) and chosen.token_logprobs is not None:
             self.answer_logprobs = logprobs_of_text(chosen.token_logprobs, text)
 
@@ -344,15 +418,13 @@ class SearchJob:
         self.usage.completion_tokens += candidate.num_tokens
         self._seen = (prompt.text, last.prompt_tokens)
         self.accepted_tokens += candidate.num_tokens
-        self._keep_answer_logprobs(candidate, text, stage.index)
+        self.keep_answer_logprobs(candidate, text, stage.index)
         return Branch(text, candidate, step)
 
     def result(self, stages: list[StageTrace], answer_steps: list[StepTrace] | None = None) -> SearchResult:
         contents = {s.name: s.text for s in stages}
-        if not answer_steps:  # staged: the winners of the steps before the final stage
-            self.usage.reasoning_tokens = sum(
-                step.candidates[step.winner].tokens for stage in stages[:-1] for step in stage.steps if step.candidates
-            )
+        if not answer_steps:  # staged: the kept text of the stages before the final stage
+            self.usage.reasoning_tokens = sum(c.tokens for stage in stages[:-1] for c in stage.kept_candidates())
         return SearchResult(
             strategy=self.config.strategy,
             beam_width=self.config.beam_width,
@@ -364,13 +436,16 @@ class SearchJob:
             answer_steps=answer_steps or [],
             finish_reason="length" if self.out_of_context else _finish_reason(stages, answer_steps),
             answer_logprobs=self.answer_logprobs,
+            verifier=self.verifier,
+            verifier_form=self.verifier_form,
+            retraces=self.retraces,
         )
 
 
 def _finish_reason(stages: list[StageTrace], answer_steps: list[StepTrace] | None) -> AnswerFinish:
     """ "length" when the answer's last chosen text was cut by a token limit, else "stop"."""
-    steps = answer_steps or stages[-1].steps
-    last_step = steps[-1] if steps else None
-    if last_step is None or not last_step.candidates:
-        return "stop"
-    return "length" if last_step.candidates[last_step.winner].finish_reason == "length" else "stop"
+    if answer_steps:
+        kept = [c for c in answer_steps[-1].candidates if c.index == answer_steps[-1].winner]
+    else:
+        kept = stages[-1].kept_candidates()
+    return "length" if kept and kept[-1].finish_reason == "length" else "stop"

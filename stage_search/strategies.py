@@ -12,6 +12,7 @@ from stage_search.search_job import SearchJob
 from stage_search.sentence_beam import sentence_beam_search
 from stage_search.single_sample import single_sample
 from stage_search.stage_beam import stage_beam_search
+from stage_search.swires import swires
 from stage_search.trace import SearchResult
 
 Strategy = Callable[[SearchJob], Awaitable[SearchResult]]
@@ -21,5 +22,6 @@ STRATEGIES: dict[str, Strategy] = {
     "sentence": sentence_beam_search,
     "best_of_n": best_of_n,
     "majority": majority_vote,
+    "swires": swires,
     "none": single_sample,
 }

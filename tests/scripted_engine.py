@@ -1,7 +1,8 @@
 """A small scripted engine for pure-algorithm tests of the search (the real engine is tested too).
 
 Candidates come from a script; the judge prefers the candidate with the higher number in its
-text ("cand-7" beats "cand-3"), optionally with a bias toward the first slot. It records calls,
+text ("cand-7" beats "cand-3"), optionally with a bias toward the first slot. The pointwise
+verifier's P("yes") grows with that number too: log-odds of number - `yes_from` (0 at it). It records calls,
 aborts, and "waves": sets of judge calls that were in flight together.
 """
 
@@ -24,6 +25,7 @@ from models.engine import (
 )
 
 _PAIR = re.compile(r"Response 1:\n(.*?)\n\nResponse 2:\n(.*?)\n\nThe better response is", re.S)
+POINTWISE_CUE = "Answer yes or no."
 
 
 def score(text: str) -> int:
@@ -41,11 +43,14 @@ class ScriptedEngine(Engine):
         first_slot_bias: float = 0.0,
         verdict_text: str | None = None,
         finish_reason: str = "stop",
+        yes_from: float = 5.0,
     ):
         self._texts = texts
         self._bias = first_slot_bias
         self._verdict_text = verdict_text
         self._finish_reason = finish_reason
+        self._yes_from = yes_from
+        self.scored: list[int] = []  # the number of each candidate the pointwise verifier scored
         self.prompts: list[str] = []
         self.choose_calls = 0
         self.judge_generations = 0
@@ -91,6 +96,12 @@ class ScriptedEngine(Engine):
             await asyncio.sleep(0.001)
         finally:
             self._in_flight -= 1
+        if prompt.text.rstrip().endswith(f"{POINTWISE_CUE}\nASSISTANT:"):
+            answer = prompt.text[: prompt.text.rindex(POINTWISE_CUE)]
+            number = score(answer[: answer.rindex("\n")])  # the candidate ends the answer before the question
+            self.scored.append(number)
+            p_yes = 1 / (1 + math.exp(-(number - self._yes_from)))
+            return ChoiceResult({options[0]: p_yes, options[1]: 1 - p_yes}, len(prompt.text.split()), 0)
         first, second = _PAIR.search(prompt.text).groups()
         p_first = 1 / (1 + math.exp(-(score(first) - score(second)) - self._bias))
         return ChoiceResult({options[0]: p_first, options[1]: 1 - p_first}, len(prompt.text.split()), 0)

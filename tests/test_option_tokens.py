@@ -45,6 +45,14 @@ def test_the_chat_template_puts_the_space_led_form_after_the_assistant_header(to
     assert reply[0] == tokenizer.encode(" 1", add_special_tokens=False)[0]
 
 
+def test_an_option_that_is_one_token_only_when_space_led_is_read_in_that_form(tokenizer):
+    # The pointwise verifier's "yes": two tokens for this tokenizer, " yes" one.
+    assert len(tokenizer.encode("yes", add_special_tokens=False)) == 2
+    spellings = OptionTokens(tokenizer).spellings_of(["yes", "no"])
+    expected = [tokenizer.encode(t, add_special_tokens=False)[0] for t in (" yes", " no")]
+    assert spellings.token_ids == expected and spellings.owners == [0, 1]
+
+
 def test_an_option_that_is_not_one_token_is_refused(tokenizer):
     with pytest.raises(ValueError, match="one token"):
         OptionTokens(tokenizer).spellings_of(["1", "response two"])

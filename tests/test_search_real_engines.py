@@ -8,7 +8,7 @@ import pytest
 from helpers import STAGES, image_question, long_question
 
 from models.engine import SamplingSettings
-from stage_search.config import SearchConfig
+from stage_search.config import SearchConfig, SwiresSettings
 from stage_search.context_room import as_judged
 from stage_search.events import SearchFinished, StageDecided
 from stage_search.judge import Contender
@@ -32,7 +32,13 @@ def assert_usage_matches_trace(result):
     steps = [step for stage in result.stages for step in stage.steps] + result.answer_steps
     assert result.usage.prompt_tokens == sum(s.prompt_tokens for s in steps)
     assert result.usage.completion_tokens == sum(c.tokens for s in steps for c in s.candidates)
-    assert result.usage.judge_tokens == sum(m.judge_tokens for s in steps for m in s.matches)
+    judge_tokens = sum(m.judge_tokens for s in steps for m in s.matches) + sum(
+        x.judge_tokens for s in steps for x in s.scores
+    )
+    assert result.usage.judge_tokens == judge_tokens
+    assert result.usage.judge_calls == sum(m.judge_calls for s in steps for m in s.matches) + sum(
+        len(s.scores) for s in steps
+    )
     assert result.usage.completion_tokens > 0
 
 
@@ -153,3 +159,38 @@ async def test_the_judge_cuts_a_candidate_by_the_tokens_it_reads_back(engine):
     judged = await as_judged(Contender(0, candidate.text), share, engine.count_tokens)
     assert candidate.text.startswith(judged.text)
     assert share // 2 < await engine.count_tokens(judged.text) <= share
+
+
+async def test_pointwise_scores_on_the_real_engine(any_engine):
+    """The pointwise verifier on each engine: one constrained "yes"/"no" token per distinct candidate
+    (the tiny tokenizer has " yes" as one token), P("yes") strictly between 0 and 1, the best kept."""
+    result = await run_search(
+        any_engine, image_question("How many shapes?"), config(beam_width=3, verifier_form="pointwise")
+    )
+    assert result.verifier_form == "pointwise" and WELL_FORMED.fullmatch(result.text), result.text
+    for stage in result.stages:
+        (step,) = stage.steps
+        distinct = [c.index for c in step.candidates if c.merged_into is None]
+        assert step.matches == []
+        if len(distinct) > 1:
+            assert [s.index for s in step.scores] == distinct
+            assert all(0.0 < s.probability < 1.0 and s.judge_tokens > 1 for s in step.scores)
+            assert step.winner == max(step.scores, key=lambda s: (s.score, -s.index)).index
+    assert_usage_matches_trace(result)
+
+
+async def test_swires_on_the_real_engine(any_engine):
+    """swires end to end on each engine, small counts; a cutoff no score passes takes every retrace."""
+    settings = SwiresSettings(
+        captions=2, kept_captions=1, reasonings_per_caption=2, conclusions=2, max_retraces=1, cutoff=30.0
+    )
+    result = await run_search(
+        any_engine, image_question("How many circles?"), config(strategy="swires", swires=settings)
+    )
+    assert WELL_FORMED.fullmatch(result.text), result.text
+    assert result.retraces == 1 and result.verifier_form == "pointwise"
+    summary, caption, reasoning, conclusion = result.stages
+    assert len(summary.steps) == 1 and len(caption.steps) == 2 and len(reasoning.steps) == 2
+    assert len(conclusion.steps) == 2 and all(len(s.scores) == 1 for s in conclusion.steps)
+    assert conclusion.text == next(c.text for c in conclusion.candidates if c.index == conclusion.chosen)
+    assert_usage_matches_trace(result)

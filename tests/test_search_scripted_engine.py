@@ -12,7 +12,7 @@ from helpers import STAGES
 from scripted_engine import ScriptedEngine, score
 
 from models.engine import ChatMessage, PromptTooLongError
-from stage_search.config import SearchConfig
+from stage_search.config import SearchConfig, SwiresSettings
 from stage_search.events import StageDecided, StageStarted
 from stage_search.judge import Contender, JudgeContext, PairwiseJudge
 from stage_search.prompts import parse_verdict
@@ -175,7 +175,7 @@ async def test_stage_instruction_is_added_unless_the_model_is_stage_trained(mode
     assert ("Answer in four stages" in engine.prompts[0]) is expected
 
 
-@pytest.mark.parametrize("strategy", ["stage", "sentence", "best_of_n", "majority", "none"])
+@pytest.mark.parametrize("strategy", ["stage", "sentence", "best_of_n", "majority", "swires", "none"])
 async def test_every_strategy_keeps_the_four_stage_shape(strategy):
     engine = ScriptedEngine(lambda p, s: [f" step cand-{i}" for i in range(s.n)])
     result = await run_search(
@@ -353,15 +353,25 @@ class ContextLimitedEngine(ScriptedEngine):
         return await super().choose(prompt, options, job_id=job_id, priority=priority)
 
 
-@pytest.mark.parametrize("strategy", ["stage", "sentence", "best_of_n", "majority"])
-@pytest.mark.parametrize("judge", ["logprob", "generative"])
-async def test_a_search_whose_candidates_would_overflow_the_context_fits_every_prompt_in_it(strategy, judge):
+@pytest.mark.parametrize(
+    "strategy,judge,form",
+    [(s, j, "pairwise") for s in ("stage", "sentence", "best_of_n", "majority") for j in ("logprob", "generative")]
+    + [(s, "logprob", "pointwise") for s in ("stage", "sentence", "best_of_n", "swires")],
+)
+async def test_a_search_whose_candidates_would_overflow_the_context_fits_every_prompt_in_it(strategy, judge, form):
     """Stage limits far over the context: each step samples only what leaves room for the stages
-    after it and for the judge to read two candidates. Before, the next stage's or the judge's
-    prompt went over the context, and the admitted request failed half-way."""
+    after it and for the verifier to read its candidates (two to a match, one to a score). Before,
+    the next stage's or the judge's prompt went over the context, and the request failed half-way."""
     scores = shuffled_scores(4)
     engine = ContextLimitedEngine(900, scores)
-    config = SearchConfig(strategy=strategy, judge=judge, beam_width=4, stage_prompt="never", max_tokens_per_stage=2000)
+    config = SearchConfig(
+        strategy=strategy,
+        judge=judge,
+        verifier_form=form,
+        beam_width=4,
+        stage_prompt="never",
+        max_tokens_per_stage=2000,
+    )
     result = await run_search(engine, QUESTION, config)
     assert engine.longest_prompt <= 900
     assert WELL_FORMED.fullmatch(result.text), result.text
@@ -420,3 +430,142 @@ async def test_a_prompt_that_fills_the_context_gets_an_answer_cut_for_length_not
     assert result.finish_reason == "length"
     assert result.stages[0].steps[0].matches == [], "the judge was asked with no room to read"
     assert result.stages[0].steps[0].judge_read_tokens == 0
+
+
+# -- the pointwise verifier and swires -------------------------------------------------------------
+
+
+async def test_pointwise_stage_search_keeps_the_best_scored_candidate_with_one_score_each():
+    scores = shuffled_scores(5)
+    engine = ScriptedEngine(lambda p, s: [f"cand-{x}" for x in scores] + [f"cand-{scores[0]}"])
+    result = await run_search(
+        engine, QUESTION, SearchConfig(beam_width=6, verifier_form="pointwise", stage_prompt="never")
+    )
+    assert result.verifier_form == "pointwise" and result.verifier == "self"
+    for stage in result.stages:
+        assert score(stage.text) == max(scores)
+        assert stage.matches == []
+        (step,) = stage.steps
+        assert [s.index for s in step.scores] == [0, 1, 2, 3, 4], "the merged copy was scored"
+        assert step.winner == max(step.scores, key=lambda s: s.score).index
+    assert engine.choose_calls == 4 * 5
+    assert result.usage.judge_calls == 4 * 5
+    assert result.usage.judge_tokens == sum(s.judge_tokens for stage in result.stages for s in stage.scores)
+
+
+async def test_auto_verifier_form_is_pairwise_for_self_judging():
+    engine = ScriptedEngine(lambda p, s: [f"cand-{i}" for i in range(s.n)])
+    result = await run_search(engine, QUESTION, SearchConfig(beam_width=2, stage_prompt="never"))
+    assert result.verifier_form == "pairwise"
+    assert all(len(stage.matches) == 1 and stage.scores == [] for stage in result.stages)
+    assert result.usage.judge_calls == 4
+
+
+@pytest.mark.parametrize("strategy", ["best_of_n", "majority"])
+async def test_whole_answers_are_picked_by_the_pointwise_verifier_too(strategy):
+    # Majority: two answers each for two conclusions, a tie the verifier breaks.
+    engine = ScriptedEngine(lambda p, s: ["x <CONCLUSION>cand-2", "y <CONCLUSION>cand-7"] * (s.n // 2))
+    config = SearchConfig(strategy=strategy, beam_width=4, verifier_form="pointwise", stage_prompt="never")
+    result = await run_search(engine, QUESTION, config)
+    assert score(result.answer) == 7
+    (step,) = result.answer_steps
+    assert sorted(s.index for s in step.scores) == [0, 1] and step.matches == []
+    assert len(engine.prompts) == 1  # one sampling call; the scores are choose calls
+    assert sorted(engine.scored) == [2, 7]
+
+
+class RetracingScript:
+    """Captions, reasonings and conclusions for swires whose scores are set per attempt: the
+    reasonings of the first `low_attempts` attempts score below the cutoff, later ones above."""
+
+    def __init__(self, low_attempts: int):
+        self.low_attempts = low_attempts
+        self.caption_calls = 0
+
+    def __call__(self, prompt, settings):
+        opened = prompt.text.rsplit("ASSISTANT:", 1)[1]
+        if opened.endswith("<CAPTION>"):
+            self.caption_calls += 1
+            return [f"caption {self.caption_calls}.{i} cand-{i}" for i in range(settings.n)]
+        if opened.endswith("<REASONING>"):
+            attempt = self.caption_calls  # reasonings follow their attempt's captions
+            base = 1 if attempt <= self.low_attempts else 8
+            caption = re.findall(r"caption (\d+\.\d+)", opened)[-1]
+            return [f"reasoning of {caption} cand-{base + i}" for i in range(settings.n)]
+        if opened.endswith("<CONCLUSION>"):
+            return [f"conclusion after cand-{score(opened)} cand-{score(opened) + 10}"] * settings.n
+        return ["plan"] * settings.n
+
+
+async def test_swires_retraces_while_the_second_best_reasoning_scores_below_the_cutoff():
+    script = RetracingScript(low_attempts=2)
+    engine = ScriptedEngine(script, yes_from=5.0)  # log-odds cand-N: N - 5
+    config = SearchConfig(strategy="swires", stage_prompt="never")  # cutoff 0: retrace at N <= 5
+    events = [e async for e in stream_search(engine, QUESTION, config)]
+    result = events[-1].result
+    assert result.retraces == 2 and script.caption_calls == 3
+    assert result.verifier_form == "pointwise"
+    caption, reasoning, conclusion = result.stages[1:]
+    assert [s.attempt for s in caption.steps] == [0, 1, 2]
+    assert [s.attempt for s in reasoning.steps] == [0, 0, 1, 1, 2, 2]
+    # The published counts: 4 captions an attempt, the best 2 kept, 2 reasonings each.
+    assert all(len(s.candidates) == 4 and len(s.kept) == 2 for s in caption.steps)
+    assert all(len(s.candidates) == 2 and len(s.scores) == 2 for s in reasoning.steps)
+    assert [s.kept for s in caption.steps] == [[3, 2], [7, 6], [11, 10]]
+    # Candidates are numbered across the stage's steps.
+    assert [c.index for c in caption.candidates] == list(range(12))
+    # The three best reasonings of the pool (all from the third attempt, cand-8 and cand-9) get one
+    # conclusion each; the best-scored conclusion wins, with its path's caption and reasoning.
+    assert len(conclusion.steps) == 3 and all(len(s.candidates) == 1 for s in conclusion.steps)
+    assert score(conclusion.text) == 19 and score(reasoning.text) == 9
+    assert caption.text.startswith("caption 3.") and caption.chosen in caption.steps[2].kept
+    assert reasoning.text.startswith(f"reasoning of {caption.text.split()[1]} ")
+    assert result.to_dict()["retraces"] == 2
+    assert result.to_dict()["stages"][2]["winner"] == reasoning.chosen
+    # The stream: the summary first; the other stages, in order, once the path is chosen.
+    kinds = [(type(e).__name__, getattr(e, "stage", None)) for e in events[:-1]]
+    assert kinds[0] == ("StageStarted", "SUMMARY") and ("StageDelta", "SUMMARY") in kinds
+    assert [k for k in kinds if k[0] != "StageDelta"] == [
+        (kind, stage) for stage in STAGES for kind in ("StageStarted", "StageDecided")
+    ]
+    # Usage: every candidate and every score, the verifier's apart.
+    assert result.usage.completion_tokens == sum(c.tokens for stage in result.stages for c in stage.candidates)
+    assert result.usage.judge_calls == engine.choose_calls == 3 * (4 + 4) + 3
+    assert result.usage.reasoning_tokens == sum(
+        c.tokens for stage in result.stages[:-1] for c in stage.candidates if c.index == stage.winner
+    )
+
+
+async def test_swires_stops_at_the_retrace_limit_and_keeps_the_best_it_found():
+    script = RetracingScript(low_attempts=99)
+    engine = ScriptedEngine(script, yes_from=5.0)
+    config = SearchConfig(strategy="swires", stage_prompt="never", swires=SwiresSettings(max_retraces=1))
+    result = await run_search(engine, QUESTION, config)
+    assert result.retraces == 1 and script.caption_calls == 2
+    assert score(result.stages[2].text) == 2
+
+
+async def test_swires_does_not_retrace_when_the_first_attempt_passes():
+    script = RetracingScript(low_attempts=0)
+    engine = ScriptedEngine(script, yes_from=5.0)
+    result = await run_search(engine, QUESTION, SearchConfig(strategy="swires", stage_prompt="never"))
+    assert result.retraces == 0 and script.caption_calls == 1
+
+
+async def test_swires_counts_and_cutoff_are_settings():
+    script = RetracingScript(low_attempts=0)
+    engine = ScriptedEngine(script, yes_from=5.0)
+    settings = SwiresSettings(captions=3, kept_captions=1, reasonings_per_caption=3, conclusions=2, cutoff=10.0)
+    result = await run_search(engine, QUESTION, SearchConfig(strategy="swires", stage_prompt="never", swires=settings))
+    caption, reasoning, conclusion = result.stages[1:]
+    assert result.retraces == 4, "a cutoff of 10 is never passed: every retrace is taken"
+    assert all(len(s.candidates) == 3 and len(s.kept) == 1 for s in caption.steps)
+    assert all(len(s.candidates) == 3 for s in reasoning.steps) and len(reasoning.steps) == 5
+    assert len(conclusion.steps) == 2
+
+
+def test_swires_settings_are_checked():
+    with pytest.raises(ValueError, match="swires"):
+        SwiresSettings(captions=2, kept_captions=3)
+    with pytest.raises(ValueError, match="swires"):
+        SwiresSettings(max_retraces=-1)
