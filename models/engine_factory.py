@@ -1,5 +1,6 @@
 """Starts the engine a command line asks for (`--engine`): vLLM or transformers in process on `--model`,
-or a remote vLLM OpenAI-compatible server (`--engine-url`); optionally a judge on another server."""
+or a remote vLLM OpenAI-compatible server (`--engine-url`); optionally a separate verifier (judge)
+model, in this process (`--judge-model-path`) or on its own server (`--judge-engine-url`)."""
 
 from __future__ import annotations
 
@@ -58,20 +59,78 @@ def add_engine_choice(parser: argparse.ArgumentParser) -> list[argparse.Action]:
             help="send the judge's calls to this vLLM OpenAI-compatible server (a judge or reward model)",
         ),
         parser.add_argument("--judge-model", help="the model to ask at --judge-engine-url (default: its first)"),
+        parser.add_argument(
+            "--judge-model-path",
+            help="a verifier (judge) model to run in this process beside the main one, by folder or hub id "
+            "(the demo model's default: its demo verifier, models/demo_verifier)",
+        ),
+        parser.add_argument(
+            "--judge-engine",
+            choices=ENGINES[:3],
+            default="auto",
+            help="the engine of --judge-model-path: vllm, hf, or auto (as --engine)",
+        ),
+        parser.add_argument(
+            "--judge-gpu-memory-utilization",
+            type=float,
+            default=0.1,
+            help="on a GPU, the share of its memory the in-process verifier's vLLM engine takes (leave it free "
+            "with --gpu-memory-utilization)",
+        ),
+        parser.add_argument(
+            "--self-judge",
+            action="store_true",
+            help="the model judges its own candidates, even where a verifier is the default (the demo model)",
+        ),
     ]
 
 
 def start_engine(args: argparse.Namespace) -> Engine:
-    """The engine the flags ask for, with its judge on another server when --judge-engine-url is set."""
-    engine = _start_main_engine(args)
+    """The engine the flags ask for, with a separate verifier (judge) when one is named: on its own
+    server (--judge-engine-url) or in this process (--judge-model-path)."""
     judge_url = getattr(args, "judge_engine_url", None)
-    if not judge_url:
+    judge_path = getattr(args, "judge_model_path", None)
+    if judge_url and judge_path:
+        raise SystemExit("give one verifier: --judge-engine-url or --judge-model-path, not both")
+    engine = _start_main_engine(args)
+    if not (judge_url or judge_path):
         return engine
     from models.separate_judge import SeparateJudge
 
-    judge = _connect(args, judge_url, getattr(args, "judge_model", None))
-    log.warning("llava-o1: the judge is %s at %s", judge.model_name, judge_url)
+    if judge_url:
+        judge = _connect(args, judge_url, getattr(args, "judge_model", None))
+        log.warning("llava-o1: the verifier is %s at %s", judge.model_name, judge_url)
+    else:
+        judge = _start_local_judge(args, str(judge_path))
     return SeparateJudge(engine, judge)
+
+
+def _start_local_judge(args: argparse.Namespace, path: str) -> Engine:
+    """The verifier model in this process, on the engine --judge-engine picks (as --engine does)."""
+    name = judge_model_name(path)
+    kind, reason = pick_engine(getattr(args, "judge_engine", "auto"), path)
+    log.warning("llava-o1: the verifier is %s, on the %s engine (%s)", name, kind, reason)
+    if kind == "hf":
+        from models.hf_engine import HfEngine
+
+        return HfEngine.from_pretrained(path, model_name=name, dtype=args.dtype)
+    from models.engine_config import engine_args_from
+    from models.vllm_engine import VllmEngine
+
+    judge_args = argparse.Namespace(**vars(args))
+    # Its own context and name; on a GPU, its own small share of the memory.
+    judge_args.max_model_len, judge_args.served_model_name = None, [name]
+    judge_args.gpu_memory_utilization = getattr(args, "judge_gpu_memory_utilization", 0.1)
+    return VllmEngine.from_engine_args(engine_args_from(judge_args, path))
+
+
+def judge_model_name(path: str) -> str:
+    """The name a verifier model reports as: the demo verifier's, else its folder's or hub id's last part."""
+    from models.demo_weights import DEMO_VERIFIER_DIR, DEMO_VERIFIER_NAME
+
+    if Path(path).resolve() == DEMO_VERIFIER_DIR.resolve():
+        return DEMO_VERIFIER_NAME
+    return Path(path).name or path
 
 
 def _connect(args: argparse.Namespace, url: str, model: str | None) -> Engine:

@@ -120,7 +120,15 @@ def _search_config(request: ChatCompletionRequest, settings: ServerSettings) -> 
         changes["strategy"] = strategy
         changes["beam_width"] = min(width or settings.max_beam_width, settings.max_beam_width)
     if options is not None:
-        for name in ("strategy", "judge", "debias", "stage_prompt", "max_tokens_per_stage", "beam_width"):
+        for name in (
+            "strategy",
+            "judge",
+            "debias",
+            "verifier_form",
+            "stage_prompt",
+            "max_tokens_per_stage",
+            "beam_width",
+        ):
             value = getattr(options, name)
             if value is not None and value != "auto":
                 changes[name] = value

@@ -55,11 +55,16 @@ COMMANDS: dict[str, Command] = {
     "demo-model": Command(
         "training.commands", "demo_model", "rebuild the demo model from scratch (synthetic data, then training)"
     ),
+    "demo-verifier": Command(
+        "training.commands",
+        "demo_verifier",
+        "build the demo model's verifier, resumably (drills, counterfactual and on-policy turns, then training)",
+    ),
 }
 
 USAGE = (
     "usage: llava-o1 COMMAND [options]\n\ncommands:\n"
-    + "".join(f"  {name:<12} {command.summary}\n" for name, command in COMMANDS.items())
+    + "".join(f"  {name:<13} {command.summary}\n" for name, command in COMMANDS.items())
     + "\n`llava-o1 COMMAND --help` describes a command's options.\n"
 )
 

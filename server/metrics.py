@@ -11,7 +11,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from models.engine import Engine
 from server.gpu_metrics import GpuCollector
-from stage_search.trace import SearchResult
+from stage_search.trace import SearchResult, StepTrace
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320)
 BEAM_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 32, 64)
@@ -116,6 +116,25 @@ class ServerMetrics:
         self.tokens = Counter(
             "llava_o1_tokens", "Tokens processed, by kind (prompt, completion, judge, cached)", ["kind"], registry=r
         )
+        self.verifier_calls = Counter(
+            "llava_o1_verifier_calls",
+            "The verifier's engine calls (pairwise matches, pointwise scores), by verifier ('self' or its "
+            "model), form and stage",
+            ["verifier", "form", "stage"],
+            registry=r,
+        )
+        self.verifier_tokens = Counter(
+            "llava_o1_verifier_tokens",
+            "The verifier's prompt and verdict tokens, by verifier and form (the generator's are llava_o1_tokens)",
+            ["verifier", "form"],
+            registry=r,
+        )
+        self.retraces = Counter(
+            "llava_o1_search_retraces",
+            "Times a search went back to an earlier stage (swires: new captions), by strategy",
+            ["strategy"],
+            registry=r,
+        )
         self.beam_width = Histogram(
             "llava_o1_beam_width", "Beam width used per request", ["strategy"], buckets=BEAM_BUCKETS, registry=r
         )
@@ -127,15 +146,21 @@ class ServerMetrics:
         self.beam_width.labels(strategy).observe(result.beam_width)
         if first_stage_seconds is not None:
             self.first_stage.labels(strategy).observe(first_stage_seconds)
+        verifier = (result.verifier, result.verifier_form)
         for stage in result.stages:
             if stage.steps:
                 self.stage_latency.labels(strategy, stage.name).observe(stage.seconds)
                 self.candidates.labels(strategy, stage.name).inc(len(stage.candidates))
                 self.matches.labels(strategy, stage.name).inc(len(stage.matches))
+                self._count_verifier_calls(verifier, stage.name, stage.steps)
         for step in result.answer_steps:  # best-of-N: whole answers
             self.candidates.labels(strategy, "ANSWER").inc(len(step.candidates))
             self.matches.labels(strategy, "ANSWER").inc(len(step.matches))
+        self._count_verifier_calls(verifier, "ANSWER", result.answer_steps)
+        if result.retraces:
+            self.retraces.labels(strategy).inc(result.retraces)
         usage = result.usage
+        self.verifier_tokens.labels(*verifier).inc(usage.judge_tokens)
         for kind, value in (
             ("prompt", usage.prompt_tokens),
             ("completion", usage.completion_tokens),
@@ -143,6 +168,11 @@ class ServerMetrics:
             ("cached", usage.cached_tokens),
         ):
             self.tokens.labels(kind).inc(value)
+
+    def _count_verifier_calls(self, verifier: tuple[str, str], stage: str, steps: list[StepTrace]) -> None:
+        calls = sum(m.judge_calls for step in steps for m in step.matches) + sum(len(step.scores) for step in steps)
+        if calls:
+            self.verifier_calls.labels(*verifier, stage).inc(calls)
 
     def record_request(self, strategy: str, outcome: str, seconds: float) -> None:
         self.requests.labels(strategy, outcome).inc()

@@ -13,7 +13,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
-from stage_search.config import JudgeMode, StagePrompt, StrategyName
+from stage_search.config import JudgeMode, StagePrompt, StrategyName, VerifierForm
 from stage_search.trace import AnswerFinish
 
 
@@ -77,6 +77,7 @@ class ReasoningOptions(_Strict):
     beam_width: int | Literal["auto"] | None = None
     judge: JudgeMode | None = None
     debias: bool | None = None
+    verifier_form: VerifierForm | None = None
     stage_prompt: StagePrompt | None = None
     max_tokens_per_stage: Annotated[int, Field(ge=1)] | None = None
     trace: bool = False
@@ -192,7 +193,8 @@ class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int  # every candidate sampled, winners or not
     total_tokens: int  # prompt + completion, as in OpenAI's API
-    judge_tokens: int  # extension: the pairwise judge's prompt and verdict tokens
+    judge_tokens: int  # extension: the verifier's (judge's) prompt and verdict tokens
+    judge_calls: int  # extension: the verifier's engine calls (pairwise matches, pointwise scores)
     search_tokens: int  # extension: every token the search spent beyond the prompts (candidates and judge)
     prompt_tokens_details: PromptTokensDetails
     completion_tokens_details: CompletionTokensDetails
@@ -235,6 +237,9 @@ class ReasoningInfo(_OmitNone):
     beam_width: int
     judge: str
     debias: bool
+    verifier: str  # "self", or the separate verifier model's name
+    verifier_form: str  # pairwise or pointwise, as it ran
+    retraces: int = 0  # swires: times it went back to sample new captions (all choices)
     effort: str | None = None  # the reasoning_effort the strategy and width came from
     trace: dict[str, Any] | None = None  # of choice 0
     traces: list[dict[str, Any]] | None = None  # one per choice, when n > 1

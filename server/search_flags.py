@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from stage_search.config import JUDGE_MODES, STAGE_PROMPTS, STRATEGY_NAMES, SearchConfig
+from stage_search.config import JUDGE_MODES, STAGE_PROMPTS, STRATEGY_NAMES, VERIFIER_FORMS, SearchConfig, SwiresSettings
 from stage_search.stages import DEFAULT_STAGE_NAMES, StageSet
 
 
@@ -17,6 +17,14 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--judge", choices=JUDGE_MODES, default=defaults.judge)
     group.add_argument("--debias", action="store_true", help="judge each pair in both orders")
+    group.add_argument(
+        "--verifier-form",
+        choices=VERIFIER_FORMS,
+        default=defaults.verifier_form,
+        help="how the verifier ranks candidates: pairwise matches, or a score each (pointwise); auto: pointwise "
+        "for a separate verifier model (--judge-model-path, --judge-engine-url), pairwise when the model judges "
+        "itself. swires always scores pointwise",
+    )
     group.add_argument(
         "--stage-prompt",
         choices=STAGE_PROMPTS,
@@ -43,6 +51,26 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--top-p", type=float, default=defaults.top_p)
     group.add_argument("--search-seed", type=int, default=None, help="seed for reproducible candidates")
+    swires = SwiresSettings()
+    group.add_argument("--swires-captions", type=int, default=swires.captions, help="swires: captions per attempt")
+    group.add_argument(
+        "--swires-kept-captions", type=int, default=swires.kept_captions, help="swires: captions kept per attempt"
+    )
+    group.add_argument(
+        "--swires-reasonings", type=int, default=swires.reasonings_per_caption, help="swires: reasonings per caption"
+    )
+    group.add_argument(
+        "--swires-conclusions", type=int, default=swires.conclusions, help="swires: reasoning paths given a conclusion"
+    )
+    group.add_argument(
+        "--swires-max-retraces", type=int, default=swires.max_retraces, help="swires: attempts after the first"
+    )
+    group.add_argument(
+        "--swires-cutoff",
+        type=float,
+        default=swires.cutoff,
+        help="swires: retrace while the second-best reasoning scores at or below this (the verifier's log-odds)",
+    )
 
 
 def search_config_from(args: argparse.Namespace) -> SearchConfig:
@@ -51,6 +79,15 @@ def search_config_from(args: argparse.Namespace) -> SearchConfig:
         beam_width=args.beam_width,
         judge=args.judge,
         debias=args.debias,
+        verifier_form=args.verifier_form,
+        swires=SwiresSettings(
+            captions=args.swires_captions,
+            kept_captions=args.swires_kept_captions,
+            reasonings_per_caption=args.swires_reasonings,
+            conclusions=args.swires_conclusions,
+            max_retraces=args.swires_max_retraces,
+            cutoff=args.swires_cutoff,
+        ),
         stage_prompt=args.stage_prompt,
         stages=StageSet.from_names([t.strip() for t in args.stage_tags.split(",")]),
         max_tokens_per_stage=args.max_tokens_per_stage,

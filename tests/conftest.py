@@ -161,6 +161,11 @@ def server(cli_env, image_host, tiny_model_dir, tmp_path_factory):
         "1.5",
         "--max-model-len",
         "4096",
+        # swires retraces exactly once: no random candidate's score passes a cutoff of 30.
+        "--swires-cutoff",
+        "30",
+        "--swires-max-retraces",
+        "1",
     ]
     yield from serve_subprocess(args, cli_env, tmp_path_factory.mktemp("server") / "serve.log")
 

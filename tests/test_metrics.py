@@ -137,6 +137,37 @@ def test_prometheus_sees_exactly_the_requests_candidates_and_latencies(server, p
                 rose(f"stage-{stage}", count)
 
 
+def test_the_verifiers_calls_tokens_and_retraces_are_counted_apart(server, prometheus):
+    """Pointwise scores and a swires search (the test server retraces once: --swires-cutoff 30,
+    --swires-max-retraces 1): Prometheus sees the verifier's calls by stage and its tokens, labelled
+    by which verifier ran and in which form, and the retrace."""
+    calls = {s: f'llava_o1_verifier_calls_total{{verifier="self",form="pointwise",stage="{s}"}}' for s in STAGES}
+    tokens = 'llava_o1_verifier_tokens_total{verifier="self",form="pointwise"}'
+    retraces = 'llava_o1_search_retraces_total{strategy="swires"}'
+    text = metrics_text(server)
+    before = {v: scraped_value(prometheus, text, f"sum({v})", v) for v in [*calls.values(), tokens, retraces]}
+    spent = dict.fromkeys(before, 0.0)
+    for reasoning in ({"strategy": "stage", "beam_width": 3, "verifier_form": "pointwise"}, {"strategy": "swires"}):
+        response = httpx.post(
+            server["base"] + "/v1/chat/completions",
+            headers={"Authorization": f"Bearer {API_KEY}"},
+            timeout=120,
+            json={"model": MODEL, "messages": question(), "max_tokens": 40, "reasoning": {**reasoning, "trace": True}},
+        )
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["reasoning"]["verifier"] == "self" and body["reasoning"]["verifier_form"] == "pointwise"
+        for stage in body["reasoning"]["trace"]["stages"]:
+            spent[calls[stage["name"]]] += len(stage["scores"])
+        spent[tokens] += body["usage"]["judge_tokens"]
+        spent[retraces] += body["reasoning"]["retraces"]
+        assert body["usage"]["judge_calls"] == sum(len(s["scores"]) for s in body["reasoning"]["trace"]["stages"])
+    assert spent[retraces] == 1 and spent[tokens] > 0
+    for sample, by in spent.items():
+        expected = before[sample] + by
+        assert wait_for(lambda s=sample, e=expected: query(prometheus, f"sum({s})") == e, 30), (sample, expected)
+
+
 def test_metrics_cover_engine_search_and_vllm(server):
     text = metrics_text(server)
     for name in (
