@@ -21,14 +21,18 @@ def summarize(scored: list[dict], strategy: str, beam_width: int) -> dict:
     return {
         "strategy": strategy,
         "beam_width": beam_width,
+        "verifier": scored[0].get("verifier", "self (pairwise)") if scored else "",
         "questions": n,
         "accuracy": mean("correct"),
         "oracle": sum(oracle) / len(oracle) if oracle and len(oracle) == n else None,
         "valid_structure": mean("valid"),
         "completion_tokens_per_question": mean("completion_tokens"),
         "judge_tokens_per_question": mean("judge_tokens"),
+        "judge_calls_per_question": sum(s.get("judge_calls", 0) for s in scored) / n if n else 0.0,
+        "retraces_per_question": sum(s.get("retraces", 0) for s in scored) / n if n else 0.0,
         "tokens_per_question": mean("completion_tokens") + mean("judge_tokens"),
         "judge_accuracy": _judge_accuracy(scored),
+        "score_auc": _score_auc(scored),
         "by_kind": _by_group(scored, "kind"),
         "by_data": _by_group(scored, "data"),
     }
@@ -47,6 +51,34 @@ def _judge_accuracy(scored: list[dict]) -> dict:
     }
 
 
+def _score_auc(scored: list[dict]) -> dict:
+    """Per stage: the pointwise verifier's AUC over every candidate it scored (right against wrong,
+    ties counting a half), with the counts of each; stages with no right or no wrong are left out."""
+    by_stage: dict[str, tuple[list[float], list[float]]] = defaultdict(lambda: ([], []))
+    for s in scored:
+        for stage, score, right in s.get("scored", []):
+            by_stage[stage][0 if right else 1].append(score)
+    out = {}
+    for stage in JUDGED_STAGES:
+        right, wrong = by_stage.get(stage, ([], []))
+        if right and wrong:
+            out[stage] = {"auc": auc(right, wrong), "right": len(right), "wrong": len(wrong)}
+    return out
+
+
+def auc(right: list[float], wrong: list[float]) -> float:
+    """P(a right candidate's score > a wrong one's), ties a half: by ranks, in n log n."""
+    import bisect
+
+    ordered = sorted(wrong)
+    total = 0.0
+    for score in right:
+        below = bisect.bisect_left(ordered, score)
+        ties = bisect.bisect_right(ordered, score) - below
+        total += below + ties / 2
+    return total / (len(right) * len(wrong))
+
+
 def _by_group(scored: list[dict], key: str) -> dict:
     groups: dict[str, list[dict]] = {}
     for s in scored:
@@ -57,24 +89,39 @@ def _by_group(scored: list[dict], key: str) -> dict:
 
 
 def markdown(summaries: list[dict]) -> str:
+    """The table: one row per cell; the verifier's pairwise accuracy per stage (pairs between a right
+    and a wrong candidate, counts in brackets), then, when any verifier scored pointwise, its AUC."""
     stages = [st for st in JUDGED_STAGES if any(st in s["judge_accuracy"] for s in summaries)]
     head = (
-        "| strategy | beam width | questions | accuracy | oracle (pass@N) | valid structure "
-        "| completion tokens/question | judge tokens/question |"
+        "| strategy | beam width | verifier | questions | accuracy | oracle (pass@N) | valid structure "
+        "| generator tokens/question | verifier tokens/question | verifier calls/question |"
     )
-    head += "".join(f" judge on {st} |" for st in stages)
-    rows = [head, "|---" * (8 + len(stages)) + "|"]
+    head += "".join(f" verifier on {st} |" for st in stages)
+    rows = [head, "|---" * (10 + len(stages)) + "|"]
     for s in summaries:
         oracle = f"{s['oracle']:.1%}" if s["oracle"] is not None else "-"
+        width = "-" if s["strategy"] == "swires" else s["beam_width"]  # it samples by its own counts
         row = (
-            f"| {s['strategy']} | {s['beam_width']} | {s['questions']} | {s['accuracy']:.1%} | {oracle} | "
-            f"{s['valid_structure']:.1%} | {s['completion_tokens_per_question']:.1f} | "
-            f"{s['judge_tokens_per_question']:.1f} |"
+            f"| {s['strategy']} | {width} | {s.get('verifier', '')} | {s['questions']} | "
+            f"{s['accuracy']:.1%} | {oracle} | {s['valid_structure']:.1%} | "
+            f"{s['completion_tokens_per_question']:.1f} | {s['judge_tokens_per_question']:.1f} | "
+            f"{s.get('judge_calls_per_question', 0.0):.1f} |"
         )
         for st in stages:
             judged = s["judge_accuracy"].get(st)
             row += f" {judged['accuracy']:.1%} ({judged['matches']}) |" if judged else " - |"
         rows.append(row)
+    scored = [s for s in summaries if s.get("score_auc")]
+    if scored:
+        auc_stages = [st for st in JUDGED_STAGES if any(st in s["score_auc"] for s in scored)]
+        rows += ["", "| strategy | beam width | verifier |" + "".join(f" AUC on {st} |" for st in auc_stages)]
+        rows.append("|---" * (3 + len(auc_stages)) + "|")
+        for s in scored:
+            row = f"| {s['strategy']} | {s['beam_width']} | {s.get('verifier', '')} |"
+            for st in auc_stages:
+                cell = s["score_auc"].get(st)
+                row += f" {cell['auc']:.3f} ({cell['right']}/{cell['wrong']}) |" if cell else " - |"
+            rows.append(row)
     return "\n".join(rows)
 
 

@@ -25,9 +25,12 @@ from pathlib import Path
 
 from bench.benchmark_eval import is_benchmark_file, run_benchmarks
 from bench.eval_report import markdown, plot, summarize
-from bench.trace_scores import judge_outcomes, oracle_right
+from bench.trace_scores import judge_outcomes, oracle_right, scored_labels
 from training.labels import StageLabeler, is_correct
 from training.records import image_data_url, question_messages, read_questions
+
+# swires samples by its own counts; any beam width above 1 runs it (1 would be a single sample).
+SWIRES_WIDTH = 4
 
 
 def valid_structure(trace: dict) -> bool:
@@ -62,6 +65,7 @@ async def _score_in_process(args, records: list[dict], cells: list[tuple[str, in
         stage_prompt=args.stage_prompt,
         judge=args.judge,
         debias=args.debias,
+        verifier_form=args.verifier_form,
     )
     limit = asyncio.Semaphore(args.concurrency)
     # By position: ids repeat across files (every synth-data set starts at shapes-000000).
@@ -111,6 +115,7 @@ async def _score_over_http(args, records: list[dict], cells: list[tuple[str, int
                     "stage_prompt": args.stage_prompt,
                     "judge": args.judge,
                     "debias": args.debias,
+                    "verifier_form": args.verifier_form,
                 },
             }
             if args.search_seed is not None:
@@ -147,14 +152,18 @@ def _score(record: dict, conclusion: str, trace: dict) -> dict:
         "conclusion": conclusion.strip(),
         "completion_tokens": trace["usage"]["completion_tokens"],
         "judge_tokens": trace["usage"]["judge_tokens"],
+        "judge_calls": trace["usage"].get("judge_calls", 0),
+        "verifier": f"{trace.get('verifier', 'self')} ({trace.get('verifier_form', 'pairwise')})",
+        "retraces": trace.get("retraces", 0),
         "oracle": oracle_right(labeler, trace),
         "judge_outcomes": judge_outcomes(labeler, trace),
+        "scored": scored_labels(labeler, trace),
     }
 
 
 def build_parser() -> argparse.ArgumentParser:
     from models.engine_config import add_engine_arguments, make_parser
-    from stage_search.config import JUDGE_MODES, STAGE_PROMPTS, STRATEGY_NAMES, SearchConfig
+    from stage_search.config import JUDGE_MODES, STAGE_PROMPTS, STRATEGY_NAMES, VERIFIER_FORMS, SearchConfig
 
     parser = make_parser(
         "llava-o1 eval",
@@ -188,6 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--judge", choices=JUDGE_MODES, default="logprob")
     group.add_argument("--debias", action="store_true", help="judge each pair in both orders")
     group.add_argument(
+        "--verifier-form",
+        choices=VERIFIER_FORMS,
+        default="auto",
+        help="pairwise matches or pointwise scores (auto: pointwise for a separate verifier, as serve)",
+    )
+    group.add_argument(
         "--stage-prompt",
         choices=STAGE_PROMPTS,
         default="auto",
@@ -215,7 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cells_of(args: argparse.Namespace, strategy_names: Sequence[str]) -> list[tuple[str, int]]:
-    """The (strategy, beam width) pairs to score: one, or the table mode's grid."""
+    """The (strategy, beam width) pairs to score: one, or the table mode's grid. Greedy runs once at
+    width 1, swires once at any width above 1 (its own counts say how many it samples)."""
     if not args.strategies:
         return [(args.strategy, args.beam_width)]
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
@@ -225,7 +241,13 @@ def cells_of(args: argparse.Namespace, strategy_names: Sequence[str]) -> list[tu
     widths = sorted({int(w) for w in args.beam_widths.split(",") if w.strip()})
     if not widths or min(widths) < 1:
         raise SystemExit("llava-o1 eval: --beam-widths needs positive integers")
-    return [(s, 1) if s == "none" else (s, w) for s in strategies for w in ([1] if s == "none" else widths)]
+    one_width = {"none": 1, "swires": SWIRES_WIDTH}
+    return [
+        (s, one_width[s]) if s in one_width else (s, w)
+        for s in strategies
+        for w in widths
+        if s not in one_width or w == widths[0]
+    ]
 
 
 def main(argv: Sequence[str]) -> int:

@@ -4,6 +4,7 @@ real run against the test server."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 
 import pytest
@@ -115,7 +116,7 @@ def test_eval_against_the_server_scores_every_question(server, cli_env, tmp_path
         timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "| stage | 2 | 4 |" in done.stdout
+    assert "| stage | 2 | self (pairwise) | 4 |" in done.stdout
     result = json.loads(out.read_text())
     assert result["summary"]["questions"] == 4 and len(result["questions"]) == 4
     # The embedded model is random: it never closes a stage itself within 8 tokens.
@@ -133,7 +134,7 @@ def test_table_mode_scores_every_strategy_at_every_width(cli_env, tmp_path):
         "--data",
         str(tmp_path / "data" / "train.jsonl"),
         "--strategies",
-        "none,majority,best_of_n,sentence,stage",
+        "none,majority,best_of_n,sentence,stage,swires",
         "--beam-widths",
         "2,3",
         "--search-seed",
@@ -144,11 +145,11 @@ def test_table_mode_scores_every_strategy_at_every_width(cli_env, tmp_path):
         str(png),
     )
     cells = [(s, w) for s in ("majority", "best_of_n", "sentence", "stage") for w in (2, 3)]
-    for strategy, width in [("none", 1), *cells]:
-        assert f"| {strategy} | {width} | 6 |" in done.stdout
+    for strategy, width in [("none", 1), *cells, ("swires", "-")]:
+        assert re.search(rf"\| {strategy} \| {width} \| [^|]+ \| 6 \|", done.stdout), (strategy, width)
     result = json.loads(out.read_text())
     summaries = {(s["strategy"], s["beam_width"]): s for s in result["summaries"]}
-    assert set(summaries) == {("none", 1), *cells}
+    assert set(summaries) == {("none", 1), *cells, ("swires", 4)}
     assert set(result["questions"]) == {f"{s}@{w}" for s, w in summaries}
     assert png.read_bytes().startswith(b"\x89PNG")
     for (strategy, width), summary in summaries.items():
