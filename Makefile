@@ -7,7 +7,7 @@ STAMP := $(VENV)/.llava-o1-installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install tools serve test fuzz soak lint format demo-model clean
+.PHONY: install tools serve test fuzz soak lint format demo-model demo-verifier clean
 
 install: $(STAMP)
 
@@ -55,6 +55,11 @@ format: install
 # Rebuild models/demo from scratch (synthetic data, five training phases; about 60 minutes on 2 cores).
 demo-model: install
 	$(VENV)/bin/llava-o1 demo-model
+
+# Build the demo model's verifier (models/demo_verifier): data, then training in phases; resumable, so
+# running it again goes on from its last checkpoint (about two hours on 2 cores in all).
+demo-verifier: install
+	$(VENV)/bin/llava-o1 demo-verifier
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

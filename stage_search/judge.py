@@ -38,14 +38,14 @@ class JudgeContext:
         return [*self.conversation, ChatMessage("assistant", self.accepted), ChatMessage("user", judge_text)]
 
     def scored_messages(self, candidate: str) -> list[ChatMessage]:
-        """The pointwise verifier's prompt: the answer so far ending with this candidate, as the
-        model wrote it, then the question whether it is right. Candidates of a step share all but
-        their own text, so the prefix cache holds the rest."""
+        """The pointwise verifier's prompt: the conversation, the answer so far, then the question
+        whether this candidate (in its tags, as the model wrote it) is right, the candidate last.
+        Candidates of a step share all but their own text, so the prefix cache holds the rest."""
         if self.stage is None:
-            answer = self.whole_opening + candidate
+            tagged = self.whole_opening + candidate
         else:
-            answer = self.accepted + self.stage.open_tag + candidate + self.stage.close_tag
-        return [*self.conversation, ChatMessage("assistant", answer), ChatMessage("user", verify_question(self.stage))]
+            tagged = self.stage.open_tag + candidate + self.stage.close_tag
+        return self.messages(verify_question(self.stage, tagged))
 
 
 @dataclass(frozen=True)

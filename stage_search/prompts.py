@@ -50,14 +50,16 @@ def judge_question(stage: Stage | None, first: str, second: str) -> str:
 WHOLE_ANSWER_CRITERIA = "it reasons correctly from the image and ends in a correct, direct answer"
 
 
-def verify_question(stage: Stage | None) -> str:
-    """The pointwise verifier's turn, after the conversation whose last assistant turn ends with the
-    candidate: is it right? Answered with one token, "yes" or "no". `stage` None: a whole answer."""
+def verify_question(stage: Stage | None, candidate: str = "") -> str:
+    """The pointwise verifier's turn, after the conversation and the answer so far: is this
+    candidate (last, in its tags as the model wrote it) right? Answered with one token, "yes" or
+    "no". The question comes first, so a step's candidates share all of the prompt but their own
+    text, and the verdict follows the candidate it is about. `stage` None: a whole answer."""
     if stage is None:
-        what, criteria = "the answer above", WHOLE_ANSWER_CRITERIA
+        what, criteria = "this answer", WHOLE_ANSWER_CRITERIA
     else:
-        what, criteria = f"the {stage.name} section above", stage.criteria
-    return f"Is {what} right? A right one is one where {criteria}. Answer yes or no."
+        what, criteria = f"this {stage.name} section, continuing the answer above,", stage.criteria
+    return f"Is {what} right? A right one is one where {criteria}. Answer yes or no.\n\n{candidate}"
 
 
 def error_check_question(stage: Stage, candidate: str) -> str:

@@ -25,7 +25,7 @@ from models.engine import (
 )
 
 _PAIR = re.compile(r"Response 1:\n(.*?)\n\nResponse 2:\n(.*?)\n\nThe better response is", re.S)
-POINTWISE_CUE = "Answer yes or no."
+POINTWISE_CUE = "Answer yes or no.\n\n"
 
 
 def score(text: str) -> int:
@@ -96,9 +96,8 @@ class ScriptedEngine(Engine):
             await asyncio.sleep(0.001)
         finally:
             self._in_flight -= 1
-        if prompt.text.rstrip().endswith(f"{POINTWISE_CUE}\nASSISTANT:"):
-            answer = prompt.text[: prompt.text.rindex(POINTWISE_CUE)]
-            number = score(answer[: answer.rindex("\n")])  # the candidate ends the answer before the question
+        if POINTWISE_CUE in prompt.text:
+            number = score(prompt.text[prompt.text.rindex(POINTWISE_CUE) :])  # the candidate follows the question
             self.scored.append(number)
             p_yes = 1 / (1 + math.exp(-(number - self._yes_from)))
             return ChoiceResult({options[0]: p_yes, options[1]: 1 - p_yes}, len(prompt.text.split()), 0)

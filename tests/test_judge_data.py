@@ -113,16 +113,14 @@ async def test_a_model_told_the_stages_gets_the_instruction_once(tmp_path):
 
     from stage_search.config import SearchConfig
     from stage_search.prompts import stage_instruction
-    from training.judge_data import collect_pairs
+    from training.judge_data import collect_candidates
     from training.synthetic_data import write_dataset
 
     write_dataset(tmp_path, 2, seed=3, test_fraction=0.0)
     engine = ScriptedEngine(lambda prompt, settings: [f"cand-{i}" for i in range(settings.n)])
-    pairs = await collect_pairs(
+    candidates = await collect_candidates(
         engine, read_questions(tmp_path / "train.jsonl"), SearchConfig(beam_width=2), progress=False
     )
     instruction = stage_instruction(STAGE_SET)
     assert engine.prompts and all(prompt.count(instruction) == 1 for prompt in engine.prompts)
-    assert all(
-        sum(part.text.count(instruction) for part in pair.context.conversation[0].content) == 1 for pair in pairs
-    )
+    assert all(sum(part.text.count(instruction) for part in c.context.conversation[0].content) == 1 for c in candidates)

@@ -94,7 +94,7 @@ def judge_data(argv: Sequence[str]) -> int:
     args = parse_engine_command(build_parser, argv)
     if args.n < 1 or args.beam_width < 2:
         raise SystemExit("llava-o1 judge-data: --n must be at least 1 and --beam-width at least 2")
-    from training.judge_data import build_judge_data
+    from training.on_policy_data import build_judge_data
 
     summary = build_judge_data(args, Path(args.out))
     print(json.dumps(summary, indent=2))
@@ -130,6 +130,9 @@ def train_model(argv: Sequence[str]) -> int:
         help="token: over all target tokens of a batch (the model's own loss); example: per record, then over "
         "records, so a three-token judge verdict weighs as much as an eighty-token answer",
     )
+    parser.add_argument(
+        "--warmup-steps", type=int, default=0, help="raise the learning rate linearly over the first N steps"
+    )
     args = parser.parse_args(argv)
     if args.steps is None and args.max_minutes is None:
         parser.error("give --steps, --max-minutes, or both")
@@ -148,6 +151,7 @@ def train_model(argv: Sequence[str]) -> int:
         resume=args.resume,
         seed=args.seed,
         loss_average=args.loss_average,
+        warmup_steps=args.warmup_steps,
     )
     print(
         f"trained to step {summary['steps']}: loss {summary['first_loss']:.3f} -> {summary['last_loss']:.3f}; "
@@ -178,4 +182,30 @@ def demo_model(argv: Sequence[str]) -> int:
     print(
         f"demo model written to {args.out}: loss {last['first_loss']:.3f} -> {last['last_loss']:.3f} in its last phase"
     )
+    return 0
+
+
+def demo_verifier(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="llava-o1 demo-verifier",
+        description="Build the demo model's verifier: drills, counterfactual and on-policy verifier turns, then "
+        "training in phases (training/verifier_recipe.py). Resumable: run it again to go on from the last "
+        "checkpoint in --work.",
+    )
+    from models.demo_weights import DEMO_VERIFIER_DIR
+    from training.verifier_recipe import build_demo_verifier, default_work_dir
+
+    parser.add_argument(
+        "--out", default=str(DEMO_VERIFIER_DIR), help=f"where to write it (default: {DEMO_VERIFIER_DIR})"
+    )
+    parser.add_argument("--work", default=str(default_work_dir()), help="data, phases and checkpoints (kept)")
+    parser.add_argument("--max-minutes", type=float, help="stop after this many minutes of training (resumable)")
+    parser.add_argument(
+        "--partial", action="store_true", help="copy the model to --out as it stands, even before the last phase ends"
+    )
+    args = parser.parse_args(argv)
+    summary = build_demo_verifier(args.out, args.work, max_minutes=args.max_minutes, partial=args.partial)
+    reached = ", ".join(f"{p['name']} {p['reached']}/{p['steps']}" for p in summary["phases"])
+    where = f"written to {args.out}" if summary["complete"] or args.partial else f"in progress in {args.work}"
+    print(f"demo verifier {where} (steps: {reached})")
     return 0

@@ -10,7 +10,9 @@ right and the other wrong becomes judge turns, built with the judge's own contex
 - `judge_generative.jsonl`: the generative judge's form, a short reason ending "I choose response N";
 - `train.jsonl` (and `images/`): the scenes' own staged answers, to train on beside the judge turns;
 - with `--counterfactual`, `judge_counterfactual.jsonl` (and its generative form): off-policy pairs
-  that need no sampling, each scene's own right conclusion against a wrong one (`counterfactual_pairs`).
+  that need no sampling, each scene's own right conclusion against a wrong one (`counterfactual_pairs`);
+- `verifier.jsonl`: every judged candidate alone, as the pointwise verifier's turn, target "yes" or
+  "no" (training/verifier_data.py; with `--counterfactual` also `verifier_counterfactual.jsonl`).
 
 Stage pairs continue the answer the search accepted up to that stage; whole-answer pairs (stage
 "answer") are best-of-N's. All files are in the LLaVA conversation format `llava-o1 train` reads.
@@ -59,36 +61,76 @@ class Pair:
     wrong: str
 
 
-def stage_pairs(record: dict, messages: list[ChatMessage], result: SearchResult, stages: StageSet) -> list[Pair]:
-    """Right-wrong pairs of each stage's candidates, in the context the search judged them in."""
+@dataclass(frozen=True)
+class Labelled:
+    """One candidate the search judged (a step's distinct texts), labelled against the scene."""
+
+    record: dict
+    stage_name: str
+    context: JudgeContext
+    text: str
+    right: bool
+    step: int  # which step of the record and stage it came from: pairs are made within a step
+
+
+def stage_candidates(
+    record: dict, messages: list[ChatMessage], result: SearchResult, stages: StageSet
+) -> list[Labelled]:
+    """Each stage's judged candidates, labelled, in the context the search judged them in."""
     labeler = StageLabeler(record, stages)
-    pairs: list[Pair] = []
+    found: list[Labelled] = []
     accepted = ""
     for stage, trace in zip(stages, result.stages, strict=True):
         if trace.steps:
-            context = JudgeContext(tuple(messages), accepted, stage)
-            pairs += _pairs_of(
+            context = JudgeContext(tuple(messages), accepted, stage, whole_opening=stages.stages[0].open_tag)
+            found += _labelled(
                 record, stage.name, context, trace.steps[-1], lambda t, s=stage: labeler.is_right(s.index, t)
             )
         accepted += stage.tagged(trace.text)
-    return pairs
+    return found
 
 
-def whole_answer_pairs(record: dict, messages: list[ChatMessage], result: SearchResult, stages: StageSet) -> list[Pair]:
+def whole_answer_candidates(
+    record: dict, messages: list[ChatMessage], result: SearchResult, stages: StageSet
+) -> list[Labelled]:
     labeler = StageLabeler(record, stages)
-    context = JudgeContext(tuple(messages), "", None)
+    context = JudgeContext(tuple(messages), "", None, whole_opening=stages.stages[0].open_tag)
     return [
-        p
-        for step in result.answer_steps
-        for p in _pairs_of(record, WHOLE_ANSWER, context, step, labeler.whole_answer_is_right)
+        labelled
+        for number, step in enumerate(result.answer_steps)
+        for labelled in _labelled(record, WHOLE_ANSWER, context, step, labeler.whole_answer_is_right, number)
     ]
 
 
-def _pairs_of(record: dict, stage_name: str, context: JudgeContext, step: StepTrace, is_right) -> list[Pair]:
+def _labelled(
+    record: dict, stage_name: str, context: JudgeContext, step: StepTrace, is_right, number: int = 0
+) -> list[Labelled]:
     judged = [c.text for c in step.candidates if c.merged_into is None]  # merged copies are never judged
-    right = [t for t in judged if is_right(t)]
-    wrong = [t for t in judged if not is_right(t)]
-    return [Pair(record, stage_name, context, r, w) for r in right for w in wrong]
+    return [Labelled(record, stage_name, context, text, is_right(text), number) for text in judged]
+
+
+def pairs_of(candidates: Sequence[Labelled]) -> list[Pair]:
+    """Every right-wrong pair of candidates of one step."""
+    by_step: dict[tuple[str, str, int], list[Labelled]] = {}
+    for labelled in candidates:
+        by_step.setdefault((labelled.record["id"], labelled.stage_name, labelled.step), []).append(labelled)
+    return [
+        Pair(r.record, r.stage_name, r.context, r.text, w.text)
+        for group in by_step.values()
+        for r in group
+        if r.right
+        for w in group
+        if not w.right
+    ]
+
+
+def stage_pairs(record: dict, messages: list[ChatMessage], result: SearchResult, stages: StageSet) -> list[Pair]:
+    """Right-wrong pairs of each stage's candidates, in the context the search judged them in."""
+    return pairs_of(stage_candidates(record, messages, result, stages))
+
+
+def whole_answer_pairs(record: dict, messages: list[ChatMessage], result: SearchResult, stages: StageSet) -> list[Pair]:
+    return pairs_of(whole_answer_candidates(record, messages, result, stages))
 
 
 def counterfactual_pairs(record: dict, messages: list[ChatMessage], stages: StageSet, rng: random.Random) -> list[Pair]:
@@ -112,8 +154,8 @@ def counterfactual_pairs(record: dict, messages: list[ChatMessage], stages: Stag
     right_whole = stages.render(whole).removeprefix(first_tag)
     wrong_whole = stages.render({**whole, last.name: wrong}).removeprefix(first_tag)
     return [
-        Pair(record, last.name, JudgeContext(tuple(messages), accepted, last), right, wrong),
-        Pair(record, WHOLE_ANSWER, JudgeContext(tuple(messages), "", None), right_whole, wrong_whole),
+        Pair(record, last.name, JudgeContext(tuple(messages), accepted, last, first_tag), right, wrong),
+        Pair(record, WHOLE_ANSWER, JudgeContext(tuple(messages), "", None, first_tag), right_whole, wrong_whole),
     ]
 
 
@@ -138,7 +180,7 @@ def judge_records(pair: Pair, stage: Stage | None, index: int) -> tuple[list[dic
     return logprob, generative
 
 
-async def collect_pairs(
+async def collect_candidates(
     engine: Engine,
     records: Sequence[dict],
     config: SearchConfig,
@@ -146,32 +188,33 @@ async def collect_pairs(
     concurrency: int = 16,
     whole_answers: bool = True,
     progress: bool = True,
-) -> list[Pair]:
-    """Run each record through stage search (and best-of-N) at `config`'s settings; label; pair."""
+) -> list[Labelled]:
+    """Run each record through stage search (and best-of-N) at `config`'s settings; label every
+    candidate the search judged."""
     from tqdm import tqdm
 
     limit = asyncio.Semaphore(concurrency)
     bar = tqdm(total=len(records), desc="judge-data", unit="scene", disable=not progress)
 
-    async def one(record: dict) -> list[Pair]:
+    async def one(record: dict) -> list[Labelled]:
         question = question_messages(record)
         # The conversation as the search's judge sees it: with the stage instruction, when the search
         # adds one (the search is given the question itself, and adds it again on its own).
         judged = SearchJob(engine, question, config, job_id="judge-data").messages
         async with limit:
             staged = await run_search(engine, question, config.with_(strategy="stage"))
-            pairs = stage_pairs(record, judged, staged, config.stages)
+            found = stage_candidates(record, judged, staged, config.stages)
             if whole_answers:
                 whole = await run_search(engine, question, config.with_(strategy="best_of_n"))
-                pairs += whole_answer_pairs(record, judged, whole, config.stages)
+                found += whole_answer_candidates(record, judged, whole, config.stages)
         bar.update(1)
-        return pairs
+        return found
 
     try:
         results = await asyncio.gather(*(one(r) for r in records))
     finally:
         bar.close()
-    return [p for pairs in results for p in pairs]
+    return [c for found in results for c in found]
 
 
 def write_judge_data(
@@ -228,50 +271,3 @@ def keep_stages(path: Path, stages: Sequence[str]) -> Path:
             if json.loads(line)["stage"] in stages:
                 target.write(line)
     return kept
-
-
-def build_judge_data(args, out: Path) -> dict:
-    """The command's work: scenes, an engine, the search, labels, files. Returns the summary."""
-    from models.engine_factory import start_engine
-    from server.default_model import use_default_model
-    from training.synthetic_data import write_dataset
-
-    out.mkdir(parents=True, exist_ok=True)
-    write_dataset(out, args.n, args.scene_seed, test_fraction=0.0)
-    records = read_questions(out / "train.jsonl")
-    use_default_model(args)
-    config = SearchConfig(
-        beam_width=args.beam_width,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        max_tokens_per_stage=args.max_tokens_per_stage,
-        stage_prompt=args.stage_prompt,
-        seed=args.search_seed,
-    )
-
-    async def run() -> list[Pair]:
-        engine = start_engine(args)
-        try:
-            return await collect_pairs(
-                engine, records, config, concurrency=args.concurrency, whole_answers=not args.no_whole_answers
-            )
-        finally:
-            await engine.shutdown()
-
-    pairs = asyncio.run(run())
-    counts = write_judge_data(out, pairs, config.stages, max_pairs_per_stage_step=args.max_pairs, seed=args.scene_seed)
-    counterfactual = (
-        write_counterfactual(out, seed=args.scene_seed, stages=config.stages) if args.counterfactual else {}
-    )
-    summary = {
-        "model": args.model,
-        "scenes": len(records),
-        "scene_seed": args.scene_seed,
-        "beam_width": args.beam_width,
-        "temperature": args.temperature,
-        "pairs_found": dict(sorted(Counter(p.stage_name for p in pairs).items())),
-        "judge_turns_written": counts,
-        "counterfactual_turns_written": counterfactual,
-    }
-    (out / "judge_data.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return summary

@@ -90,6 +90,10 @@ class TinyShape:
     vision_layers: int = 2
     text_layers: int = 2
     corpus: tuple[str, ...] = ()  # more text for the tokenizer to learn its merges from
+    text_hidden: int = 128
+    text_heads: int = 2  # of text_hidden // text_heads each: vLLM's CPU attention takes 32, 64, 80, ...
+    # Whole strings the tokenizer keeps as one token each, wherever they stand (not special tokens).
+    added_tokens: tuple[str, ...] = ()
 
     @property
     def image_seq_len(self) -> int:
@@ -105,9 +109,10 @@ def build_tokenizer(
     pad: str = PAD,
     image: str = IMAGE,
     extra_corpus: tuple[str, ...] = (),
+    added_tokens: tuple[str, ...] = (),
 ):
     """Train a byte-level BPE tokenizer on the built-in corpus and wrap it for transformers."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tokenizer = Tokenizer(models.BPE())
@@ -120,6 +125,8 @@ def build_tokenizer(
         show_progress=False,
     )
     tokenizer.train_from_iterator((_CORPUS + list(extra_corpus)) * 4, trainer=trainer)
+    if added_tokens:
+        tokenizer.add_tokens([AddedToken(text, normalized=False, special=False) for text in added_tokens])
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         bos_token=bos,
@@ -140,12 +147,12 @@ def build_config(tokenizer, shape: TinyShape = TinyShape()):
     text_config = {
         "model_type": "llama",
         "vocab_size": vocab_size,
-        "hidden_size": 128,
-        "intermediate_size": 256,
+        "hidden_size": shape.text_hidden,
+        "intermediate_size": 2 * shape.text_hidden,
         "num_hidden_layers": shape.text_layers,
-        "num_attention_heads": 2,
-        "num_key_value_heads": 2,
-        "head_dim": 64,
+        "num_attention_heads": shape.text_heads,
+        "num_key_value_heads": shape.text_heads,
+        "head_dim": shape.text_hidden // shape.text_heads,
         "max_position_embeddings": MAX_POSITIONS,
         "rms_norm_eps": 1e-5,
         "bos_token_id": ids[BOS],
@@ -206,7 +213,7 @@ def build_tiny_model(out_dir: str | os.PathLike, shape: TinyShape = TinyShape(),
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer(extra_corpus=shape.corpus)
+    tokenizer = build_tokenizer(extra_corpus=shape.corpus, added_tokens=shape.added_tokens)
     config = build_config(tokenizer, shape)
     torch.manual_seed(seed)
     model = Idefics3ForConditionalGeneration(config).float().eval()

@@ -31,11 +31,15 @@ CHECKPOINT_PREFIX = "checkpoint-"
 class Example:
     """One record: its image, and its turns as (role, text); the last turn is the assistant's target.
 
-    Answer records have two turns (question, staged answer); judge records four (question, the
-    answer so far, the judge's question, the verdict)."""
+    Answer records have two turns (question, staged answer); judge and verifier records four
+    (question, the answer so far, the judge's question, the verdict). A drill (text only) may name
+    the character spans to learn instead, in any assistant turns (`targets`: turn index, start,
+    end); otherwise all of the last turn is learnt."""
 
     image: Path | None
     turns: list[tuple[str, str]]
+    targets: list[tuple[int, int, int]] | None = None
+    group: str | None = None  # examples of one group are drawn into the same batch (see `draw`)
 
 
 def read_records(paths: str | Path | Sequence[str | Path]) -> list[Example]:
@@ -51,7 +55,11 @@ def read_records(paths: str | Path | Sequence[str | Path]) -> list[Example]:
             if turns[-1][0] != "assistant":
                 raise ValueError(f"{path}: record {record.get('id')} does not end with an assistant turn")
             image = path.parent / record["image"] if record.get("image") else None
-            examples.append(Example(image, turns))
+            targets = [(int(t), int(a), int(b)) for t, a, b in record["targets"]] if record.get("targets") else None
+            if targets and image:
+                raise ValueError(f"{path}: record {record.get('id')} has targets and an image; targets are for text")
+            group = f"{path}#{record['group']}" if record.get("group") else None  # groups are per file
+            examples.append(Example(image, turns, targets, group))
     return examples
 
 
@@ -80,24 +88,74 @@ class Collator:
     def __call__(self, examples: list[Example]) -> dict:
         from PIL import Image
 
-        images = [
-            [Image.open(e.image).convert("RGB")] * _image_count(e) for e in examples if e.image and _image_count(e)
-        ]
+        # One list per example, empty for a text-only one (drills): the processor pads those.
+        images = [[Image.open(e.image).convert("RGB")] * _image_count(e) if e.image else [] for e in examples]
         full = [self.conversation(e, True) for e in examples]
         prompts = [self.conversation(e, False) for e in examples]
-        kwargs = {"images": images} if images else {}
+        kwargs = {"images": images} if any(images) else {}
         batch = self.processor(text=full, padding=True, return_tensors="pt", add_special_tokens=False, **kwargs)
         prompt_ids = self.processor(
             text=prompts, padding=True, return_tensors="pt", add_special_tokens=False, **kwargs
         )["input_ids"]
         labels = batch["input_ids"].clone()
         labels[batch["attention_mask"] == 0] = -100
-        for row in range(len(examples)):
+        for row, example in enumerate(examples):
+            if example.targets is not None:
+                keep = self._target_tokens(full[row], example)
+                for position in range(int(batch["attention_mask"][row].sum())):
+                    if position not in keep:
+                        labels[row, position] = -100
+                continue
             # The prompt (with the assistant's header) is a prefix of the full text: mask it out.
             prompt_len = int((prompt_ids[row] != self.tokenizer.pad_token_id).sum())
             labels[row, :prompt_len] = -100
         batch["labels"] = labels
         return dict(batch)
+
+    def _target_tokens(self, full: str, example: Example) -> set[int]:
+        """Token positions (text-only example) whose characters meet its target spans, each span in
+        an assistant turn, found in the rendered text after the turns before it."""
+        spans = []
+        for turn, a, b in example.targets or ():
+            before = Example(None, [*example.turns[:turn], ("assistant", "")]) if turn else None
+            start = len(self.conversation(before, False)) if before else 0
+            at = full.index(example.turns[turn][1], start)
+            spans.append((at + a, at + b))
+        offsets = self.tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        return {
+            position
+            for position, (a, b) in enumerate(offsets)
+            if b > a and any(a < hi and lo < b for lo, hi in spans)  # " yes" carries its space
+        }
+
+
+class BatchDrawer:
+    """Draws training batches at random, without repeats within a batch. Examples that name a group
+    come into a batch together (a batch may then run over its size by less than a group): a
+    verifier learns far sooner from a right and a wrong candidate of one context side by side,
+    where nothing but the candidate tells them apart, than from either alone (docs/data.md)."""
+
+    def __init__(self, examples: Sequence[Example]):
+        self._examples = list(examples)
+        groups: dict[str, list[Example]] = {}
+        self._units: list[list[Example]] = []
+        for example in examples:
+            if example.group is None:
+                self._units.append([example])
+            else:
+                groups.setdefault(example.group, []).append(example)
+        self._units += groups.values()
+        self._grouped = bool(groups)
+
+    def draw(self, rng: random.Random, batch_size: int) -> list[Example]:
+        if not self._grouped:
+            return rng.sample(self._examples, min(batch_size, len(self._examples)))
+        batch: list[Example] = []
+        for unit in rng.sample(self._units, min(batch_size, len(self._units))):
+            if len(batch) >= batch_size:
+                break
+            batch += unit
+        return batch
 
 
 def _image_count(example: Example) -> int:
@@ -118,8 +176,10 @@ def train(
     seed: int = 0,
     progress: bool = True,
     loss_average: str = "token",
+    warmup_steps: int = 0,
 ) -> dict:
-    """Fine-tune `model_dir` on `data`; returns {"steps", "first_loss", "last_loss", "seconds"}."""
+    """Fine-tune `model_dir` on `data`; returns {"steps", "first_loss", "last_loss", "seconds"}.
+    With `warmup_steps`, the learning rate rises linearly to `lr` over the first ones."""
     import torch
     from tqdm import tqdm
     from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -138,6 +198,7 @@ def train(
     if checkpoint is not None and (checkpoint / "optimizer.pt").exists():
         optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt"))
     examples = read_records(data)
+    drawer = BatchDrawer(examples)
     collate = Collator(processor)
     rng = random.Random(seed * 1_000_003 + start_step)
     torch.manual_seed(seed + start_step)
@@ -147,8 +208,10 @@ def train(
     first_loss = last_loss = None
     step, started = start_step, time.monotonic()
     while (steps is None or step < steps) and (deadline is None or time.monotonic() < deadline):
-        batch = collate(rng.sample(examples, min(batch_size, len(examples))))
+        batch = collate(drawer.draw(rng, batch_size))
         loss = example_mean_loss(model, batch) if loss_average == "example" else model(**batch).loss
+        for group in optimizer.param_groups:
+            group["lr"] = lr * min(1.0, (step + 1) / warmup_steps) if warmup_steps else lr
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -161,6 +224,8 @@ def train(
         if save_every and step % save_every == 0:
             save_checkpoint(model, processor, optimizer, out_dir, step)
     bar.close()
+    if steps is not None and step < steps and save_every and step > start_step:
+        save_checkpoint(model, processor, optimizer, out_dir, step)  # stopped by the clock: resume from here
     model.eval()
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)

@@ -1,0 +1,137 @@
+"""The verifier seam: which model judges (the model itself, a second model in this process, one on its
+own server), the demo model's default, the pointwise verifier's training records, and the figures
+the eval table reads from its scores."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from helpers import image_question
+
+from models.demo_weights import DEMO_VERIFIER_DIR, DEMO_VERIFIER_NAME
+from stage_search.config import SearchConfig
+from stage_search.search import run_search
+from training.verifier_check import auc
+
+
+def serve_args(*argv: str):
+    from server.serve import build_parser
+
+    return build_parser().parse_args(list(argv))
+
+
+def test_the_demo_model_is_judged_by_its_verifier_unless_told_otherwise():
+    from server.default_model import use_default_model
+
+    if not (DEMO_VERIFIER_DIR / "config.json").exists():
+        pytest.fail("models/demo_verifier is missing: `make demo-verifier` builds it")
+    args = serve_args()
+    use_default_model(args)
+    assert args.judge_model_path == str(DEMO_VERIFIER_DIR)
+    args = serve_args("--self-judge")
+    use_default_model(args)
+    assert args.judge_model_path is None
+    args = serve_args("--judge-engine-url", "http://127.0.0.1:9")
+    use_default_model(args)
+    assert args.judge_model_path is None
+    args = serve_args("--model", "/some/model")  # a model given keeps self-judging
+    use_default_model(args)
+    assert args.judge_model_path is None
+
+
+def test_one_verifier_at_a_time():
+    from models.engine_factory import start_engine
+
+    args = serve_args("--judge-engine-url", "http://127.0.0.1:9", "--judge-model-path", "/x")
+    with pytest.raises(SystemExit, match="one verifier"):
+        start_engine(args)
+
+
+def test_the_verifiers_name():
+    from models.engine_factory import judge_model_name
+
+    assert judge_model_name(str(DEMO_VERIFIER_DIR)) == DEMO_VERIFIER_NAME
+    assert judge_model_name("/models/my-reward-model") == "my-reward-model"
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_a_second_model_in_this_process_scores_for_the_first(tiny_model_dir, tmp_path):
+    """`--judge-model-path` with `--judge-engine hf`: the main model samples, the verifier (another
+    tiny model, of another seed) is asked for every score, pointwise by default."""
+    from models.engine_factory import start_engine
+    from training.tiny_model import build_tiny_model
+
+    verifier_dir = build_tiny_model(tmp_path / "my-verifier", seed=77)
+    engine = start_engine(
+        serve_args(
+            "--model",
+            str(tiny_model_dir),
+            "--engine",
+            "hf",
+            "--judge-model-path",
+            str(verifier_dir),
+            "--judge-engine",
+            "hf",
+        )
+    )
+    try:
+        assert engine.judge_engine() is not engine and engine.judge_engine().model_name == "my-verifier"
+        before = engine.judge_engine().stats().prefix_cache_queries
+        result = await run_search(
+            engine, image_question("How many shapes?"), SearchConfig(beam_width=3, max_tokens_per_stage=8, seed=3)
+        )
+        assert result.verifier == "my-verifier" and result.verifier_form == "pointwise"
+        scores = [s for stage in result.stages for s in stage.scores]
+        assert scores and result.usage.judge_calls == len(scores)
+        assert result.usage.judge_tokens == sum(s.judge_tokens for s in scores)
+        # The verifier's engine read every scored prompt; the main engine read none of them.
+        assert engine.judge_engine().stats().prefix_cache_queries - before == sum(s.judge_tokens - 1 for s in scores)
+    finally:
+        await engine.shutdown()
+
+
+def test_auc_counts_ties_as_half():
+    assert auc([2.0, 3.0], [1.0]) == 1.0
+    assert auc([1.0], [2.0, 3.0]) == 0.0
+    assert auc([1.0], [1.0]) == 0.5
+    assert auc([0.0, 2.0], [1.0, 1.0]) == 0.5
+
+
+def test_verifier_records_are_the_search_prompt_and_train_on_their_targets(tmp_path):
+    """Counterfactual records are the pointwise prompt the search sends, labelled both ways; drills
+    learn only their target characters (letters, or the verdict)."""
+    from transformers import AutoProcessor
+
+    from models.demo_weights import DEMO_DIR
+    from training.records import question_messages, read_questions, to_turns
+    from training.synthetic_data import write_dataset
+    from training.train import Collator, read_records
+    from training.verifier_data import lookup_drills, verdict_drills, write_counterfactual_verifier, write_records
+
+    write_dataset(tmp_path, 3, 5, test_fraction=0.0)
+    counts = write_counterfactual_verifier(tmp_path, seed=2)
+    assert counts == {f"{stage}:{verdict}": 3 for stage in ("CAPTION", "REASONING", "CONCLUSION", "answer")
+                      for verdict in ("no", "yes")}  # fmt: skip
+    scenes = {r["id"]: r for r in read_questions(tmp_path / "train.jsonl")}
+    for line in (tmp_path / "verifier_counterfactual.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        scene = scenes[record["id"].split("-verify-")[0]]
+        turns = record["conversations"]
+        assert turns[0] == to_turns(question_messages(scene))[0]
+        assert turns[-1]["value"] == ("yes" if record["right"] else "no")
+        if record["stage"] != "answer":  # the candidate ends the verifier's question, closed by its tag
+            assert turns[2]["value"].endswith(f"</{record['stage']}>")
+    processor = AutoProcessor.from_pretrained(DEMO_DIR)
+    lookup = write_records(tmp_path / "lookup.jsonl", lookup_drills(2, 0))
+    verdicts = write_records(tmp_path / "verdicts.jsonl", verdict_drills(2, 0))
+    examples = read_records([lookup, verdicts])
+    batch = Collator(processor)(examples)
+    learnt = [
+        processor.tokenizer.decode([int(t) for t, label in zip(row, labels, strict=True) if label != -100])
+        for row, labels in zip(batch["input_ids"], batch["labels"], strict=True)
+    ]
+    for text, record in zip(learnt, [*lookup_drills(2, 0), *verdict_drills(2, 0)], strict=True):
+        turns = record["conversations"]
+        wanted = "".join(turns[t]["value"][a:b] for t, a, b in record["targets"])
+        assert text.replace(" ", "") == wanted and len(record["targets"]) == 4
