@@ -7,6 +7,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from training.labels import WHOLE_ANSWER
+from training.verifier_check import auc
 
 JUDGED_STAGES = ("SUMMARY", "CAPTION", "REASONING", "CONCLUSION", WHOLE_ANSWER)
 
@@ -64,19 +65,6 @@ def _score_auc(scored: list[dict]) -> dict:
         if right and wrong:
             out[stage] = {"auc": auc(right, wrong), "right": len(right), "wrong": len(wrong)}
     return out
-
-
-def auc(right: list[float], wrong: list[float]) -> float:
-    """P(a right candidate's score > a wrong one's), ties a half: by ranks, in n log n."""
-    import bisect
-
-    ordered = sorted(wrong)
-    total = 0.0
-    for score in right:
-        below = bisect.bisect_left(ordered, score)
-        ties = bisect.bisect_right(ordered, score) - below
-        total += below + ties / 2
-    return total / (len(right) * len(wrong))
 
 
 def _by_group(scored: list[dict], key: str) -> dict:
