@@ -138,9 +138,11 @@ def test_the_judge_runs_on_its_own_engine(fleet):
     replicas_before = sum(finished(r) for r in fleet.replicas)
     answer = search(judged)
     assert answer.status_code == 200, answer.text
-    # Beam 4, four stages: the judge server answered the twelve matches, the replicas sampled only
-    # the sixteen candidates.
-    assert wait_for(lambda: finished(fleet.judge) - before == 12, timeout=5), finished(fleet.judge) - before
+    # A verifier of its own scores pointwise by default: beam 4, four stages, so the judge server
+    # answered sixteen scores (one per candidate) and the replicas sampled only the sixteen candidates.
+    assert answer.json()["reasoning"]["verifier_form"] == "pointwise"
+    assert answer.json()["usage"]["judge_calls"] == 16
+    assert wait_for(lambda: finished(fleet.judge) - before == 16, timeout=5), finished(fleet.judge) - before
     assert wait_for(lambda: sum(finished(r) for r in fleet.replicas) - replicas_before == 16, timeout=5)
 
 

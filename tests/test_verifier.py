@@ -21,22 +21,28 @@ def serve_args(*argv: str):
     return build_parser().parse_args(list(argv))
 
 
-def test_the_demo_model_is_judged_by_its_verifier_unless_told_otherwise():
-    from server.default_model import use_default_model
+def test_the_demo_model_is_judged_by_its_verifier_unless_told_otherwise(tmp_path, monkeypatch):
+    import server.default_model as default_model
 
-    if not (DEMO_VERIFIER_DIR / "config.json").exists():
-        pytest.fail("models/demo_verifier is missing: `make demo-verifier` builds it")
+    # A stand-in folder, so the rule is tested whether or not this checkout ships the verifier.
+    shipped = tmp_path / "demo_verifier"
+    monkeypatch.setattr(default_model, "DEMO_VERIFIER_DIR", shipped)
     args = serve_args()
-    use_default_model(args)
-    assert args.judge_model_path == str(DEMO_VERIFIER_DIR)
+    default_model.use_default_model(args)
+    assert args.judge_model_path is None, "no verifier shipped: the demo model judges itself"
+    shipped.mkdir()
+    (shipped / "config.json").write_text("{}")
+    args = serve_args()
+    default_model.use_default_model(args)
+    assert args.judge_model_path == str(shipped)
     args = serve_args("--self-judge")
-    use_default_model(args)
+    default_model.use_default_model(args)
     assert args.judge_model_path is None
     args = serve_args("--judge-engine-url", "http://127.0.0.1:9")
-    use_default_model(args)
+    default_model.use_default_model(args)
     assert args.judge_model_path is None
     args = serve_args("--model", "/some/model")  # a model given keeps self-judging
-    use_default_model(args)
+    default_model.use_default_model(args)
     assert args.judge_model_path is None
 
 
