@@ -9,3 +9,5 @@ DEMO_DIR = Path(__file__).parent / "demo"
 DEMO_MODEL_NAME = "llava-o1-demo"
 DEMO_VERIFIER_DIR = Path(__file__).parent / "demo_verifier"
 DEMO_VERIFIER_NAME = "llava-o1-demo-verifier"
+# Where the verifier's training stands between sittings (`llava-o1 demo-verifier --save-progress`).
+DEMO_VERIFIER_PROGRESS_DIR = Path(__file__).parent / "demo_verifier_progress"

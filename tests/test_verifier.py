@@ -141,3 +141,43 @@ def test_verifier_records_are_the_search_prompt_and_train_on_their_targets(tmp_p
         turns = record["conversations"]
         wanted = "".join(turns[t]["value"][a:b] for t, a, b in record["targets"])
         assert text.replace(" ", "") == wanted and len(record["targets"]) == 4
+
+
+def test_the_verifiers_progress_is_saved_small_and_a_fresh_work_folder_goes_on_from_it(tmp_path):
+    """Between sittings the recipe commits a snapshot: finished phases' records, and only the
+    latest weights (a checkpoint's, without the optimizer's state); a fresh work folder resumes
+    from it at the same phase and step."""
+    from training.train import latest_checkpoint
+    from training.verifier_recipe import PHASES, _finished_steps, resume_from_progress, save_progress
+
+    work = tmp_path / "work"
+    done, going = work / "phase-1", work / "phase-2"
+    for folder, steps in ((done, PHASES[0].steps), (going, 300)):
+        (folder / "checkpoint-100").mkdir(parents=True)
+        for name in ("config.json", "model.safetensors", "optimizer.pt"):
+            (folder / "checkpoint-100" / name).write_text(name)
+        (folder / "config.json").write_text("{}")
+        (folder / "training.json").write_text(json.dumps({"steps": steps}))
+    (going / "checkpoint-300").mkdir()
+    for name in ("config.json", "model.safetensors", "optimizer.pt"):
+        (going / "checkpoint-300" / name).write_text(name)
+    (done / "check.json").write_text("{}")
+    (work / "phase-3").mkdir()  # begun, no weights yet
+
+    snapshot = tmp_path / "progress"
+    save_progress(work, snapshot)
+    files = sorted(str(p.relative_to(snapshot)) for p in snapshot.rglob("*") if p.is_file())
+    assert files == [
+        "phase-1/check.json",
+        "phase-1/training.json",
+        "phase-2/checkpoint-300/config.json",
+        "phase-2/checkpoint-300/model.safetensors",
+        "phase-2/training.json",
+    ]
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    assert resume_from_progress(fresh, snapshot)
+    assert _finished_steps(fresh / "phase-1") == PHASES[0].steps
+    assert _finished_steps(fresh / "phase-2") == 300 < PHASES[1].steps
+    assert latest_checkpoint(fresh / "phase-2") == fresh / "phase-2" / "checkpoint-300"
+    assert not resume_from_progress(fresh, snapshot), "a folder with phases of its own keeps them"

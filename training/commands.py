@@ -192,8 +192,8 @@ def demo_verifier(argv: Sequence[str]) -> int:
         "training in phases (training/verifier_recipe.py). Resumable: run it again to go on from the last "
         "checkpoint in --work.",
     )
-    from models.demo_weights import DEMO_VERIFIER_DIR
-    from training.verifier_recipe import build_demo_verifier, default_work_dir
+    from models.demo_weights import DEMO_VERIFIER_DIR, DEMO_VERIFIER_PROGRESS_DIR
+    from training.verifier_recipe import build_demo_verifier, default_work_dir, save_progress
 
     parser.add_argument(
         "--out", default=str(DEMO_VERIFIER_DIR), help=f"where to write it (default: {DEMO_VERIFIER_DIR})"
@@ -203,9 +203,23 @@ def demo_verifier(argv: Sequence[str]) -> int:
     parser.add_argument(
         "--partial", action="store_true", help="copy the model to --out as it stands, even before the last phase ends"
     )
+    parser.add_argument(
+        "--progress",
+        default=str(DEMO_VERIFIER_PROGRESS_DIR),
+        help="a saved snapshot to go on from when --work has no phase yet (default: the committed one, "
+        f"{DEMO_VERIFIER_PROGRESS_DIR})",
+    )
+    parser.add_argument(
+        "--save-progress", action="store_true", help="write the snapshot to --progress when the run stops, to commit"
+    )
     args = parser.parse_args(argv)
-    summary = build_demo_verifier(args.out, args.work, max_minutes=args.max_minutes, partial=args.partial)
+    summary = build_demo_verifier(
+        args.out, args.work, max_minutes=args.max_minutes, partial=args.partial, progress=args.progress
+    )
     reached = ", ".join(f"{p['name']} {p['reached']}/{p['steps']}" for p in summary["phases"])
     where = f"written to {args.out}" if summary["complete"] or args.partial else f"in progress in {args.work}"
     print(f"demo verifier {where} (steps: {reached})")
+    if args.save_progress:
+        save_progress(args.work, args.progress)
+        print(f"progress saved to {args.progress}")
     return 0

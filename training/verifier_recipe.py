@@ -108,11 +108,15 @@ def build_demo_verifier(
     plan: DataPlan = DataPlan(),
     max_minutes: float | None = None,
     partial: bool = False,
+    progress: str | Path | None = None,
 ) -> dict:
-    """Build (or go on building) the verifier in `work`; copy it to `out` when every phase is done
-    (or, with `partial`, as it stands). Returns the summary written beside it."""
+    """Build (or go on building) the verifier in `work`, from a committed `progress` snapshot when
+    `work` has no phase yet; copy it to `out` when every phase is done (or, with `partial`, as it
+    stands). Returns the summary written beside it."""
     work = Path(work) if work is not None else default_work_dir()
     work.mkdir(parents=True, exist_ok=True)
+    if progress is not None:
+        resume_from_progress(work, progress)
     deadline = time.monotonic() + max_minutes * 60 if max_minutes is not None else None
     base = work / "base"
     if not (base / "config.json").exists():
@@ -157,6 +161,53 @@ def build_demo_verifier(
         (out / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
     (work / "recipe.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def save_progress(work: str | Path, dest: str | Path, phases: tuple[VerifierPhase, ...] = PHASES) -> dict:
+    """What a later sitting needs to go on, small enough to commit: every phase's record and check,
+    and the weights of the latest phase reached (the phase's model when it is finished, else its
+    latest checkpoint without the optimizer's state, which is twice the weights' size: the run
+    goes on with fresh moments). Data and the base are rebuilt from their seeds."""
+    work, dest = Path(work), Path(dest)
+    folders = sorted(work.glob("phase-*"), key=lambda f: int(f.name.removeprefix("phase-")))
+    if not folders:
+        raise ValueError(f"{work} holds no phase to save")
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    for folder in folders:
+        (dest / folder.name).mkdir()
+        for name in ("training.json", "check.json"):
+            if (folder / name).exists():
+                shutil.copy2(folder / name, dest / folder.name / name)
+    from training.train import latest_checkpoint
+
+    # The latest phase that holds weights (a phase just begun may hold none yet).
+    last = next(f for f in reversed(folders) if (f / "config.json").exists() or latest_checkpoint(f) or f == folders[0])
+    if _finished_steps(last) >= phases[int(last.name.removeprefix("phase-")) - 1].steps:
+        _copy_weights(last, dest / last.name)
+    else:  # the run goes on from a checkpoint (train's resume), not from the phase's last save
+        checkpoint = latest_checkpoint(last)
+        if checkpoint is not None:
+            _copy_weights(checkpoint, dest / last.name / checkpoint.name)
+    if (work / "recipe.json").exists():
+        shutil.copy2(work / "recipe.json", dest / "recipe.json")
+    return json.loads((dest / "recipe.json").read_text()) if (dest / "recipe.json").exists() else {}
+
+
+def resume_from_progress(work: Path, progress: str | Path) -> bool:
+    """Seed an empty work folder from a saved snapshot (save_progress); a folder that has phases
+    of its own keeps them."""
+    progress = Path(progress)
+    if any(work.glob("phase-*")) or not any(progress.glob("phase-*")):
+        return False
+    for folder in progress.glob("phase-*"):
+        shutil.copytree(folder, work / folder.name)
+    return True
+
+
+def _copy_weights(source: Path, dest: Path) -> None:
+    shutil.copytree(source, dest, dirs_exist_ok=True, ignore=shutil.ignore_patterns("checkpoint-*", "optimizer.pt"))
 
 
 def _train_phase(model: Path, folder: Path, phase: VerifierPhase, data: list[str], minutes: float | None) -> None:
