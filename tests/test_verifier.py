@@ -181,3 +181,13 @@ def test_the_verifiers_progress_is_saved_small_and_a_fresh_work_folder_goes_on_f
     assert _finished_steps(fresh / "phase-2") == 300 < PHASES[1].steps
     assert latest_checkpoint(fresh / "phase-2") == fresh / "phase-2" / "checkpoint-300"
     assert not resume_from_progress(fresh, snapshot), "a folder with phases of its own keeps them"
+
+
+def test_the_swires_cutoff_is_the_mean_plus_a_quarter_deviation_of_reasoning_log_odds():
+    import math
+
+    from training.verifier_check import swires_cutoff
+
+    scored = [{"stage": "REASONING", "p_yes": 1 / (1 + math.exp(-x))} for x in (-1.0, 1.0)]
+    scored += [{"stage": "CONCLUSION", "p_yes": 0.999}]  # other stages do not count
+    assert swires_cutoff(scored) == pytest.approx(0.2533 * math.sqrt(2))

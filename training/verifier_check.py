@@ -83,3 +83,20 @@ def summarize(scored: Sequence[dict]) -> dict:
             "pairwise_accuracy": sum(pairs) / len(pairs) if pairs else None,
         }
     return summary
+
+
+# The paper's swires cutoff: its reward model's mean score plus this many standard deviations.
+CUTOFF_STDS = 0.2533
+
+
+def swires_cutoff(scored: Sequence[dict]) -> float:
+    """The cutoff swires retraces at, on this verifier's scale: the mean plus 0.2533 standard
+    deviations of its log-odds on REASONING candidates (the scores the cutoff is compared with)."""
+    import statistics
+
+    from stage_search.pointwise import log_odds
+
+    odds = [log_odds(r["p_yes"]) for r in scored if r.get("stage") == "REASONING"]
+    if len(odds) < 2:
+        raise ValueError("the cutoff needs the scores of two REASONING candidates at least")
+    return statistics.fmean(odds) + CUTOFF_STDS * statistics.stdev(odds)

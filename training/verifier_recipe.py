@@ -89,7 +89,7 @@ class VerifierPhase:
 PHASES = (
     VerifierPhase("bare lookup", 1e-3, 500, (BARE_LOOKUP,), batch_size=64, warmup_steps=100),
     VerifierPhase("lookup", 1e-3, 600, (LOOKUP, BARE_LOOKUP)),
-    VerifierPhase("verdict drills", 1e-3, 1200, (VERDICT_DRILLS, LOOKUP)),
+    VerifierPhase("verdict drills", 1e-3, 600, (VERDICT_DRILLS, LOOKUP)),
     VerifierPhase("verifier turns", 5e-4, 2500, (ON_POLICY, COUNTERFACTUAL, VERDICT_DRILLS)),
 )
 
@@ -154,6 +154,7 @@ def build_demo_verifier(
     }
     if complete or partial:
         last = _latest_model(work, len(runs))
+        summary["swires_cutoff"] = _swires_cutoff(work, plan, last)
         out = Path(out)
         if out.exists():
             shutil.rmtree(out)
@@ -208,6 +209,18 @@ def resume_from_progress(work: Path, progress: str | Path) -> bool:
 
 def _copy_weights(source: Path, dest: Path) -> None:
     shutil.copytree(source, dest, dirs_exist_ok=True, ignore=shutil.ignore_patterns("checkpoint-*", "optimizer.pt"))
+
+
+def _swires_cutoff(work: Path, plan: DataPlan, model: Path, records: int = 600) -> float:
+    """swires's cutoff on this verifier's scale (training/verifier_check.py), from its scores of the
+    demo model's own REASONING candidates (the last on-policy set: temperature 0.6, the search's)."""
+    from training.verifier_check import p_yes, swires_cutoff
+
+    source = _on_policy_set(work, *plan.on_policy[-1]) / "verifier.jsonl"
+    reasoning = source.parent / "cutoff-reasoning.jsonl"  # beside it: its image paths are relative
+    lines = [line for line in source.read_text().splitlines() if json.loads(line).get("stage") == "REASONING"]
+    reasoning.write_text("".join(line + "\n" for line in lines[:records]))
+    return swires_cutoff(p_yes(model, reasoning))
 
 
 def _train_phase(model: Path, folder: Path, phase: VerifierPhase, data: list[str], minutes: float | None) -> None:
