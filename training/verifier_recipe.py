@@ -128,6 +128,7 @@ def build_demo_verifier(
         if done < phase.steps:
             left = None if deadline is None else (deadline - time.monotonic()) / 60
             if left is not None and left <= 0:
+                runs.append({**asdict(phase), "reached": done, **_losses(folder)})  # where it stands, unchecked
                 break
             data = [f for source in phase.sources for f in _source_files(work, plan, source)]
             _train_phase(model, folder, phase, data, left)
