@@ -88,9 +88,8 @@ def markdown(summaries: list[dict]) -> str:
     rows = [head, "|---" * (10 + len(stages)) + "|"]
     for s in summaries:
         oracle = f"{s['oracle']:.1%}" if s["oracle"] is not None else "-"
-        width = "-" if s["strategy"] == "swires" else s["beam_width"]  # it samples by its own counts
         row = (
-            f"| {s['strategy']} | {width} | {s.get('verifier', '')} | {s['questions']} | "
+            f"| {s['strategy']} | {_width(s)} | {s.get('verifier', '')} | {s['questions']} | "
             f"{s['accuracy']:.1%} | {oracle} | {s['valid_structure']:.1%} | "
             f"{s['completion_tokens_per_question']:.1f} | {s['judge_tokens_per_question']:.1f} | "
             f"{s.get('judge_calls_per_question', 0.0):.1f} |"
@@ -105,12 +104,16 @@ def markdown(summaries: list[dict]) -> str:
         rows += ["", "| strategy | beam width | verifier |" + "".join(f" AUC on {st} |" for st in auc_stages)]
         rows.append("|---" * (3 + len(auc_stages)) + "|")
         for s in scored:
-            row = f"| {s['strategy']} | {s['beam_width']} | {s.get('verifier', '')} |"
+            row = f"| {s['strategy']} | {_width(s)} | {s.get('verifier', '')} |"
             for st in auc_stages:
                 cell = s["score_auc"].get(st)
                 row += f" {cell['auc']:.3f} ({cell['right']}/{cell['wrong']}) |" if cell else " - |"
             rows.append(row)
     return "\n".join(rows)
+
+
+def _width(summary: dict) -> int | str:
+    return "-" if summary["strategy"] == "swires" else summary["beam_width"]  # swires samples by its own counts
 
 
 def plot(summaries: list[dict], path: str | Path) -> None:
