@@ -100,3 +100,11 @@ def swires_cutoff(scored: Sequence[dict]) -> float:
     if len(odds) < 2:
         raise ValueError("the cutoff needs the scores of two REASONING candidates at least")
     return statistics.fmean(odds) + CUTOFF_STDS * statistics.stdev(odds)
+
+
+if __name__ == "__main__":  # python -m training.verifier_check MODEL RECORDS.jsonl [LIMIT]
+    import sys
+
+    model_dir, records_path, *rest = sys.argv[1:]
+    scored = p_yes(model_dir, records_path, limit=int(rest[0]) if rest else None)
+    print(json.dumps(summarize(scored), indent=2))
