@@ -94,9 +94,7 @@ def write_verifier_records(path: Path, candidates: Iterable[Labelled], *, seed: 
     """Write the candidates as verifier records (shuffled); returns counts by stage and label."""
     records = [verifier_record(c, i) for i, c in enumerate(candidates)]
     random.Random(seed).shuffle(records)
-    with open(path, "w") as out:
-        for record in records:
-            out.write(json.dumps(record) + "\n")
+    write_records(path, records)
     return dict(sorted(Counter(f"{r['stage']}:{VERDICTS[r['right']]}" for r in records).items()))
 
 

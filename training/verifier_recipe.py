@@ -9,9 +9,9 @@ model is right, read by the search as a pointwise verifier (P("yes") after the c
    model's own candidates (`llava-o1 judge-data`), all from seeds of their own;
 3. training in phases: the lookup on drills first (short sequences: it forms in hundreds of steps
    there, not in thousands of whole records), then the verdict on drills, then whole verifier turns.
-Every phase checkpoints; run again with `--resume` (the default) and it goes on from the last
-checkpoint in its work folder. The model is copied to `--out` (models/demo_verifier) when the
-phases are done, or with `--partial` as it stands.
+Every phase checkpoints; run it again and it goes on from the last checkpoint in its work folder
+(or, in a fresh one, from the committed snapshot: `save_progress`). The model is copied to `--out`
+(models/demo_verifier) when the phases are done, or with `--partial` as it stands.
 """
 
 from __future__ import annotations
@@ -159,13 +159,13 @@ def build_demo_verifier(
         out = Path(out)
         if out.exists():
             shutil.rmtree(out)
-        shutil.copytree(last, out, ignore=shutil.ignore_patterns("checkpoint-*", "optimizer.pt"))
+        _copy_weights(last, out)
         (out / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
     (work / "recipe.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 
-def save_progress(work: str | Path, dest: str | Path, phases: tuple[VerifierPhase, ...] = PHASES) -> dict:
+def save_progress(work: str | Path, dest: str | Path, phases: tuple[VerifierPhase, ...] = PHASES) -> None:
     """What a later sitting needs to go on, small enough to commit: every phase's record and check,
     and the weights of the latest phase reached (the phase's model when it is finished, else its
     latest checkpoint without the optimizer's state, which is twice the weights' size: the run
@@ -184,17 +184,16 @@ def save_progress(work: str | Path, dest: str | Path, phases: tuple[VerifierPhas
                 shutil.copy2(folder / name, dest / folder.name / name)
     from training.train import latest_checkpoint
 
-    # The latest phase that holds weights (a phase just begun may hold none yet).
-    last = next(f for f in reversed(folders) if (f / "config.json").exists() or latest_checkpoint(f) or f == folders[0])
-    if _finished_steps(last) >= phases[int(last.name.removeprefix("phase-")) - 1].steps:
-        _copy_weights(last, dest / last.name)
-    else:  # the run goes on from a checkpoint (train's resume), not from the phase's last save
-        checkpoint = latest_checkpoint(last)
+    for folder in reversed(folders):  # the latest phase that holds weights (one just begun may hold none)
+        if _finished_steps(folder) >= phases[int(folder.name.removeprefix("phase-")) - 1].steps:
+            _copy_weights(folder, dest / folder.name)
+            break
+        checkpoint = latest_checkpoint(folder)  # the run goes on from it (train's resume)
         if checkpoint is not None:
-            _copy_weights(checkpoint, dest / last.name / checkpoint.name)
+            _copy_weights(checkpoint, dest / folder.name / checkpoint.name)
+            break
     if (work / "recipe.json").exists():
         shutil.copy2(work / "recipe.json", dest / "recipe.json")
-    return json.loads((dest / "recipe.json").read_text()) if (dest / "recipe.json").exists() else {}
 
 
 def resume_from_progress(work: Path, progress: str | Path) -> bool:
@@ -263,20 +262,22 @@ def _check(work: Path, plan: DataPlan, folder: Path, finished: bool) -> dict:
     return summary
 
 
+def _training_record(folder: Path) -> dict:
+    """The phase's training.json (train's summary), or {} when it has none yet."""
+    try:
+        return json.loads((folder / "training.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def _finished_steps(folder: Path) -> int:
     """The steps a phase's folder holds a model for (0 when it has none)."""
-    try:
-        return int(json.loads((folder / "training.json").read_text())["steps"])
-    except (OSError, ValueError, KeyError):
-        return 0
+    return int(_training_record(folder).get("steps", 0))
 
 
 def _losses(folder: Path) -> dict:
-    try:
-        summary = json.loads((folder / "training.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return {"first_loss": summary.get("first_loss"), "last_loss": summary.get("last_loss")}
+    record = _training_record(folder)
+    return {"first_loss": record.get("first_loss"), "last_loss": record.get("last_loss")} if record else {}
 
 
 def _latest_model(work: Path, phases_run: int) -> Path:
