@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from dataclasses import dataclass
 
 from models.engine import ChatMessage, Engine, SamplingSettings
+from stage_search.choices import picked_option
 from stage_search.prompts import judge_question, parse_verdict, verify_question
 from stage_search.stages import Stage
 from stage_search.trace import MatchTrace
 
 OPTIONS = ("1", "2")
+# A whole answer's sections; its last is the final answer (a closing tag may be missing).
+_TAGGED_SECTION = re.compile(r"<([A-Za-z_]+)>(.*?)(?:</\1>|$)", re.S)
 
 
 @dataclass(frozen=True)
@@ -45,7 +49,25 @@ class JudgeContext:
             tagged = self.whole_opening + candidate
         else:
             tagged = self.stage.open_tag + candidate + self.stage.close_tag
-        return self.messages(verify_question(self.stage, tagged))
+        return self.messages(verify_question(self.stage, tagged, self.picked_option(candidate)))
+
+    def picked_option(self, candidate: str) -> tuple[str, str] | None:
+        """The option a final-stage candidate (or a whole answer's last section) picks, when the
+        question is multiple choice."""
+        if self.stage is None:
+            sections = _TAGGED_SECTION.findall(candidate)
+            answer = sections[-1][1] if sections else ""
+        else:
+            answer = candidate if self.stage.is_final else ""
+        return picked_option(self.question(), answer) if answer.strip() else None
+
+    def question(self) -> str:
+        """The text of the last user message: the question, with its options if it has any."""
+        for message in reversed(self.conversation):
+            if message.role == "user":
+                content = message.content
+                return content if isinstance(content, str) else "\n".join(p.text for p in content if p.type == "text")
+        return ""
 
 
 @dataclass(frozen=True)

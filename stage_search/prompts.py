@@ -50,16 +50,19 @@ def judge_question(stage: Stage | None, first: str, second: str) -> str:
 WHOLE_ANSWER_CRITERIA = "it reasons correctly from the image and ends in a correct, direct answer"
 
 
-def verify_question(stage: Stage | None, candidate: str = "") -> str:
+def verify_question(stage: Stage | None, candidate: str = "", picked: tuple[str, str] | None = None) -> str:
     """The pointwise verifier's turn, after the conversation and the answer so far: is this
     candidate (last, in its tags as the model wrote it) right? Answered with one token, "yes" or
     "no". The question comes first, so a step's candidates share all of the prompt but their own
-    text, and the verdict follows the candidate it is about. `stage` None: a whole answer."""
+    text, and the verdict follows the candidate it is about. `stage` None: a whole answer.
+    `picked`: the multiple-choice option (letter, text) the candidate's final answer picks, quoted
+    after it (stage_search/choices.py says why)."""
     if stage is None:
         what, criteria = "this answer", WHOLE_ANSWER_CRITERIA
     else:
         what, criteria = f"this {stage.name} section, continuing the answer above,", stage.criteria
-    return f"Is {what} right? A right one is one where {criteria}. Answer yes or no.\n\n{candidate}"
+    quote = f"\n(option {picked[0]}: {picked[1]})" if picked is not None else ""
+    return f"Is {what} right? A right one is one where {criteria}. Answer yes or no.\n\n{candidate}{quote}"
 
 
 def error_check_question(stage: Stage, candidate: str) -> str:

@@ -34,6 +34,11 @@ class Stage:
     def close_tag(self) -> str:
         return f"</{self.name}>"
 
+    @property
+    def is_final(self) -> bool:
+        """The stage that states the answer (CONCLUSION)."""
+        return self.index == len(STAGE_CRITERIA) - 1
+
     def tagged(self, body: str) -> str:
         """The stage as it stands in an answer, followed by the separator before the next one."""
         return f"{self.open_tag}{body}{self.close_tag}{STAGE_SEPARATOR}"

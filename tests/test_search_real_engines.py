@@ -11,8 +11,10 @@ from models.engine import SamplingSettings
 from stage_search.config import SearchConfig, SwiresSettings
 from stage_search.context_room import as_judged
 from stage_search.events import SearchFinished, StageDecided
-from stage_search.judge import Contender
+from stage_search.judge import Contender, JudgeContext
+from stage_search.pointwise import PointwiseVerifier
 from stage_search.search import run_search, stream_search
+from stage_search.stages import StageSet
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -177,6 +179,22 @@ async def test_pointwise_scores_on_the_real_engine(any_engine):
             assert all(0.0 < s.probability < 1.0 and s.judge_tokens > 1 for s in step.scores)
             assert step.winner == max(step.scores, key=lambda s: (s.score, -s.index)).index
     assert_usage_matches_trace(result)
+
+
+async def test_the_option_a_conclusion_picks_reaches_the_real_engines_verifier(any_engine):
+    """The picked option's text, quoted after a final-stage candidate, reaches the engine and is read:
+    the prompt the engine scored for "B" is longer by the quote than the one for "E" (no option).
+    (The remote engine renders on its server, so the prompts are compared by the engine's counts.)"""
+    stages = StageSet.from_names()
+    question = image_question("How many shapes?\nA. 2\nB. 5\nC. 1\nD. 7\nAnswer with the option's letter.")
+    accepted = stages.render({"SUMMARY": "plan", "CAPTION": "shapes", "REASONING": "Counting gives 5."}) + "\n\n"
+    context = JudgeContext(tuple(question), accepted, stages.last, stages.stages[0].open_tag)
+    verifier = PointwiseVerifier(any_engine, job_id="quoted-option")
+    picked, unpicked = await verifier.score_all(context, [Contender(0, "B"), Contender(1, "E")])  # no option E
+    assert context.scored_messages("B")[-1].content.endswith("</CONCLUSION>\n(option B: 5)")
+    assert context.scored_messages("E")[-1].content.endswith("</CONCLUSION>")
+    assert picked.judge_tokens > unpicked.judge_tokens + 2  # "(option B: 5)" is several tokens
+    assert 0.0 < picked.probability < 1.0
 
 
 async def test_swires_on_the_real_engine(any_engine):

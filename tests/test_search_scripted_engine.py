@@ -461,6 +461,42 @@ async def test_auto_verifier_form_is_pairwise_for_self_judging():
     assert result.usage.judge_calls == 4
 
 
+MULTIPLE_CHOICE = [
+    ChatMessage("user", "How many shapes?\nA. cand-2\nB. cand-9\nC. cand-4\nAnswer with the option's letter.")
+]
+
+
+async def test_the_verifier_reads_the_text_of_the_option_a_conclusion_picks():
+    # The scripted verifier scores the last number it reads: a bare letter has none, so only the
+    # quoted option's text can tell "B" (cand-9) from "A" and "C".
+    engine = ScriptedEngine(lambda p, s: ["A", "C", "B", "A"] if p.text.endswith("<CONCLUSION>") else ["x"] * s.n)
+    config = SearchConfig(beam_width=4, verifier_form="pointwise", stage_prompt="never")
+    result = await run_search(engine, MULTIPLE_CHOICE, config)
+    assert result.answer == "B"
+    assert sorted(engine.scored[-3:]) == [2, 4, 9]
+
+
+@pytest.mark.parametrize(
+    ("stage", "candidate", "quote"),
+    [
+        (3, "B", "\n(option B: cand-9)"),
+        (3, "The answer is C.", "\n(option C: cand-4)"),
+        (3, "I cannot tell.", ""),  # picks no option
+        (2, "B", ""),  # only the final stage states the answer
+        (None, "plan</SUMMARY>\n\n<CONCLUSION>A</CONCLUSION>", "\n(option A: cand-2)"),  # a whole answer's last section
+    ],
+)
+def test_the_verifiers_question_quotes_the_picked_option(stage, candidate, quote):
+    stages = StageSet.from_names()
+    judged = stages.stages[stage] if stage is not None else None
+    context = JudgeContext(tuple(MULTIPLE_CHOICE), "", judged, stages.stages[0].open_tag)
+    question = context.scored_messages(candidate)[-1].content
+    closed = judged.close_tag if judged is not None else ""
+    assert question.endswith(candidate + closed + quote)
+    open_question = JudgeContext(tuple(QUESTION), "", judged, stages.stages[0].open_tag)
+    assert open_question.scored_messages(candidate)[-1].content.endswith(candidate + closed)
+
+
 @pytest.mark.parametrize("strategy", ["best_of_n", "majority"])
 async def test_whole_answers_are_picked_by_the_pointwise_verifier_too(strategy):
     # Majority: two answers each for two conclusions, a tie the verifier breaks.

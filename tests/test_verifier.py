@@ -5,11 +5,13 @@ the eval table reads from its scores."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from helpers import image_question
 
 from models.demo_weights import DEMO_VERIFIER_DIR, DEMO_VERIFIER_NAME
+from stage_search.choices import options_in_question
 from stage_search.config import SearchConfig
 from stage_search.search import run_search
 from training.verifier_check import auc
@@ -120,14 +122,24 @@ def test_verifier_records_are_the_search_prompt_and_train_on_their_targets(tmp_p
     assert counts == {f"{stage}:{verdict}": 3 for stage in ("CAPTION", "REASONING", "CONCLUSION", "answer")
                       for verdict in ("no", "yes")}  # fmt: skip
     scenes = {r["id"]: r for r in read_questions(tmp_path / "train.jsonl")}
+    quoted = 0
     for line in (tmp_path / "verifier_counterfactual.jsonl").read_text().splitlines():
         record = json.loads(line)
         scene = scenes[record["id"].split("-verify-")[0]]
         turns = record["conversations"]
         assert turns[0] == to_turns(question_messages(scene))[0]
         assert turns[-1]["value"] == ("yes" if record["right"] else "no")
-        if record["stage"] != "answer":  # the candidate ends the verifier's question, closed by its tag
+        # The candidate ends the verifier's question, closed by its tag; a conclusion that picks an
+        # option is followed by the option, quoted.
+        options = options_in_question(turns[0]["value"])
+        picked = re.search(r"<CONCLUSION>([A-D])</CONCLUSION>$", turns[2]["value"].rsplit("\n", 1)[0])
+        if record["stage"] == "CONCLUSION" and options:
+            letter = picked.group(1)
+            quoted += 1
+            assert turns[2]["value"].endswith(f"</CONCLUSION>\n(option {letter}: {options[letter]})")
+        elif record["stage"] != "answer":
             assert turns[2]["value"].endswith(f"</{record['stage']}>")
+    assert quoted > 0, "no multiple-choice conclusion among the records"
     processor = AutoProcessor.from_pretrained(DEMO_DIR)
     lookup = write_records(tmp_path / "lookup.jsonl", lookup_drills(2, 0))
     verdicts = write_records(tmp_path / "verdicts.jsonl", verdict_drills(2, 0))
@@ -141,6 +153,11 @@ def test_verifier_records_are_the_search_prompt_and_train_on_their_targets(tmp_p
         turns = record["conversations"]
         wanted = "".join(turns[t]["value"][a:b] for t, a, b in record["targets"])
         assert text.replace(" ", "") == wanted and len(record["targets"]) == 4
+    for record in verdict_drills(2, 0):  # each verdict's question quotes the option its letter picks
+        options = options_in_question(record["conversations"][0]["value"])
+        for turn in record["conversations"][2::2]:
+            letter = re.search(r"<CONCLUSION>([A-D])</CONCLUSION>", turn["value"]).group(1)
+            assert turn["value"].endswith(f"</CONCLUSION>\n(option {letter}: {options[letter]})")
 
 
 def test_the_verifiers_progress_is_saved_small_and_a_fresh_work_folder_goes_on_from_it(tmp_path):

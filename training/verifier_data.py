@@ -22,6 +22,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
+from stage_search.choices import picked_option
 from stage_search.judge import JudgeContext
 from stage_search.prompts import verify_question
 from stage_search.stages import StageSet
@@ -220,7 +221,8 @@ def verdict_drills(n: int, seed: int, stages: StageSet | None = None, candidates
         targets = []
         for _ in range(candidates):
             letter = rng.choice(LETTERS)
-            turns.append({"from": "human", "value": verify_question(conclusion, conclusion.tagged(letter).rstrip())})
+            candidate, picked = conclusion.tagged(letter).rstrip(), picked_option(turns[0]["value"], letter)
+            turns.append({"from": "human", "value": verify_question(conclusion, candidate, picked)})
             targets.append([len(turns), 0, len(VERDICTS[letter == truth])])
             turns.append({"from": "gpt", "value": VERDICTS[letter == truth]})
         records.append(

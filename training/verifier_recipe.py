@@ -8,7 +8,8 @@ model is right, read by the search as a pointwise verifier (P("yes") after the c
 2. data: drills (text only), counterfactual turns of fresh scenes, and on-policy turns of the demo
    model's own candidates (`llava-o1 judge-data`), all from seeds of their own;
 3. training in phases: the lookup on drills first (short sequences: it forms in hundreds of steps
-   there, not in thousands of whole records), then the verdict on drills, then whole verifier turns.
+   there, not in thousands of whole records), then the verdict on drills, then whole verifier turns
+   (twice: the second at a lower rate).
 Every phase checkpoints; run it again and it goes on from the last checkpoint in its work folder
 (or, in a fresh one, from the committed snapshot: `save_progress`). The model is copied to `--out`
 (models/demo_verifier) when the phases are done, or with `--partial` as it stands.
@@ -91,6 +92,9 @@ PHASES = (
     VerifierPhase("lookup", 1e-3, 600, (LOOKUP, BARE_LOOKUP)),
     VerifierPhase("verdict drills", 1e-3, 600, (VERDICT_DRILLS, LOOKUP)),
     VerifierPhase("verifier turns", 5e-4, 2500, (ON_POLICY, COUNTERFACTUAL, VERDICT_DRILLS)),
+    # The same turns at a lower rate. The committed run's phases 1-4 predate the quoted option in
+    # the verifier's question (stage_search/choices.py); this is where it learnt to read it.
+    VerifierPhase("verifier turns, annealed", 3e-4, 1200, (ON_POLICY, COUNTERFACTUAL, VERDICT_DRILLS), warmup_steps=50),
 )
 
 
