@@ -11,13 +11,15 @@ import pytest
 from helpers import STAGES, count, run_cli
 from PIL import Image
 
+from models.demo_weights import DEMO_VERIFIER_NAME
 from training.synthetic_data import COLORS
 
 
 @pytest.fixture(scope="module")
 def asked(cli_env, tmp_path_factory) -> tuple[int, dict, dict]:
     """The README's picture asked twice, side by side (most of each run is vLLM starting up): greedy
-    without search, and stage search at width 4. (yellow count, greedy result, searched result)."""
+    without search, and stage search at width 4 with the demo verifier. (yellow count, greedy
+    result, searched result)."""
     folder = tmp_path_factory.mktemp("ask")
     run_cli(cli_env, "synth-data", "--out", str(folder / "shapes"), "--n", "10", "--seed", "1")
     image = folder / "shapes" / "images" / "000000.png"
@@ -41,9 +43,13 @@ def test_ask_uses_the_demo_model_and_counts_right(asked):
 def test_ask_prints_the_search_and_its_trace_as_json(asked):
     _, _, result = asked
     assert [s["name"] for s in result["stages"]] == STAGES
+    # The demo model is judged by its shipped verifier, one score per distinct candidate.
+    assert (result["verifier"], result["verifier_form"]) == (DEMO_VERIFIER_NAME, "pointwise")
     for stage in result["stages"]:
         assert len(stage["candidates"]) == 4
-        assert len(stage["matches"]) == sum(c["merged_into"] is None for c in stage["candidates"]) - 1
+        distinct = [c["index"] for c in stage["candidates"] if c["merged_into"] is None]
+        assert stage["matches"] == []
+        assert [s["index"] for s in stage["scores"]] == (distinct if len(distinct) > 1 else [])
         assert stage["winner"] in range(4)
     assert result["answer"] == result["stages"][-1]["text"]
     assert set(result["usage"]) >= {"prompt_tokens", "completion_tokens", "judge_tokens"}
