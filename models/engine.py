@@ -72,6 +72,13 @@ class ChatMessage:
     role: Literal["system", "user", "assistant"]
     content: str | tuple[ChatPart, ...]
 
+    @property
+    def text(self) -> str:
+        """The message's text: its text parts, one per line (images left out)."""
+        if isinstance(self.content, str):
+            return self.content
+        return "\n".join(p.text for p in self.content if p.type == "text")
+
 
 @dataclass(frozen=True)
 class Prompt:

@@ -86,17 +86,11 @@ async def _messages(request: ChatCompletionRequest, settings: ServerSettings) ->
         raise APIError(
             400, "the conversation needs at least one user message", param="messages", code="no_user_message"
         )
-    if not any(_text_of(m).strip() for m in user_messages):
+    if not any(m.text.strip() for m in user_messages):
         raise APIError(
             400, "the user messages hold no text: ask a question about the image", param="messages", code="no_text"
         )
     return converted
-
-
-def _text_of(message: ChatMessage) -> str:
-    if isinstance(message.content, str):
-        return message.content
-    return " ".join(p.text for p in message.content if p.type == "text")
 
 
 # reasoning_effort -> (strategy, beam width); None: the server's --max-beam-width. Widths are

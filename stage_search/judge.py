@@ -63,11 +63,7 @@ class JudgeContext:
 
     def question(self) -> str:
         """The text of the last user message: the question, with its options if it has any."""
-        for message in reversed(self.conversation):
-            if message.role == "user":
-                content = message.content
-                return content if isinstance(content, str) else "\n".join(p.text for p in content if p.type == "text")
-        return ""
+        return next((m.text for m in reversed(self.conversation) if m.role == "user"), "")
 
 
 @dataclass(frozen=True)

@@ -66,11 +66,7 @@ def to_turns(messages: Sequence[ChatMessage]) -> list[dict]:
     """Chat messages as a record's turns: an image part becomes "<image>\\n" before the text."""
     turns = []
     for message in messages:
-        if isinstance(message.content, str):
-            value = message.content
-        else:
-            images = sum(1 for p in message.content if p.type == "image")
-            text = "\n".join(p.text for p in message.content if p.type == "text")
-            value = f"{IMAGE_MARK}\n" * images + text
+        images = 0 if isinstance(message.content, str) else sum(1 for p in message.content if p.type == "image")
+        value = f"{IMAGE_MARK}\n" * images + message.text
         turns.append({"from": FROM[message.role], "value": value})
     return turns
