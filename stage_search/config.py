@@ -43,9 +43,10 @@ class SwiresSettings:
     reasonings_per_caption: int = 2
     conclusions: int = 3  # reasoning paths (the best-scored of every attempt) given a conclusion each
     max_retraces: int = 4  # attempts after the first
-    # Retrace while the second-best reasoning score is at or below this (the verifier's log-odds).
-    # The published rule is the reward model's mean score plus 0.2533 standard deviations; this is
-    # that rule on the demo verifier's scores of on-policy reasoning (docs/benchmarks.md).
+    # Retrace while the second-best reasoning score is at or below this (the verifier's log-odds:
+    # 0 is P(yes) = 1/2). The published rule is the reward model's mean score plus 0.2533 standard
+    # deviations; the recipe writes that rule on the demo verifier's own scores into its
+    # training.json (`swires_cutoff`), which the server does not read yet (docs/search.md).
     cutoff: float = 0.0
 
     def __post_init__(self) -> None:

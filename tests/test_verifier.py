@@ -4,6 +4,7 @@ the eval table reads from its scores."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 
@@ -158,6 +159,43 @@ def test_verifier_records_are_the_search_prompt_and_train_on_their_targets(tmp_p
         for turn in record["conversations"][2::2]:
             letter = re.search(r"<CONCLUSION>([A-D])</CONCLUSION>", turn["value"]).group(1)
             assert turn["value"].endswith(f"</CONCLUSION>\n(option {letter}: {options[letter]})")
+
+
+def test_hard_verdict_drills_judge_every_option_once_and_the_right_one_is_easy_to_mistake():
+    """Each hard drill judges its four options once: exactly one "yes", the option whose value
+    ends the reasoning. That value is one a wrong conclusion would take for it: a count with a
+    neighbour among the options, or a color the reasoning names beside another option's."""
+    from training.verifier_data import verdict_drills
+
+    records = verdict_drills(200, 3, hard=True)
+    kinds = set()
+    for record in records:
+        turns = record["conversations"]
+        options = options_in_question(turns[0]["value"])
+        verdicts = {re.search(r"<CONCLUSION>([A-D])</CONCLUSION>", t["value"]).group(1): v["value"]
+                    for t, v in zip(turns[2::2], turns[3::2], strict=True)}  # fmt: skip
+        assert sorted(verdicts) == ["A", "B", "C", "D"] and list(verdicts.values()).count("yes") == 1
+        truth = options[next(letter for letter, v in verdicts.items() if v == "yes")]
+        reasoning = turns[1]["value"].strip()
+        if truth.isdigit():
+            kinds.add("count")
+            assert reasoning.endswith(f"gives {truth}.</REASONING>")
+            near = [v for v in options.values() if {str(int(v) - 1), str(int(v) + 1)} & set(options.values())]
+            assert truth in near or not near  # (four counts may have no neighbours at all: 1, 3, 5, 7)
+        elif truth == "same":
+            kinds.add("same")
+            assert reasoning.endswith("the numbers are the same.</REASONING>")
+        else:
+            kinds.add("tie" if " tie with " in reasoning else "color")
+            named = [o for o in options.values() if o != truth and re.search(rf"\b{o}\b", reasoning)]
+            assert re.search(rf"(more |so |; ){truth} (shapes|has|is)", reasoning) and named, reasoning
+    assert kinds == {"count", "same", "tie", "color"}
+    # The plain drills stay the data the committed phases 1-5 trained on (a fresh work folder
+    # rebuilds them from their seeds): pinned by their digest.
+    from training.verifier_data import lookup_drills
+
+    drills = [verdict_drills(20, 601), lookup_drills(20, 600), lookup_drills(20, 602, kinds=(0, 1), bare=True)]
+    assert hashlib.sha256(json.dumps(drills).encode()).hexdigest()[:16] == "3773817643769cc2"
 
 
 def test_the_verifiers_progress_is_saved_small_and_a_fresh_work_folder_goes_on_from_it(tmp_path):

@@ -125,27 +125,41 @@ COUNT_KINDS = (0, 1)
 
 
 def _drill_question(
-    rng: random.Random, kinds: Sequence[int] = ALL_KINDS
-) -> tuple[str, list[str], Callable[[str], str]]:
-    """A question with four options, and a function from an option's value to a reasoning that gives it."""
+    rng: random.Random, kinds: Sequence[int] = ALL_KINDS, hard: bool = False
+) -> tuple[str, list[str], Callable[[str], str], Callable[[], str]]:
+    """A question with four options, a function from an option's value to a reasoning that gives
+    it, and a draw of the value to reason to (drawn only when asked: lookup drills keep the data
+    their seeds gave before). `hard`: the truth is one that is easy to mistake for another option
+    (a neighbouring count, one of the two colors compared, one the counts name, a tie), as the
+    demo model's own wrong conclusions are."""
     kind = rng.choice(kinds)
     if kind < 2:
         values = [str(v) for v in rng.sample(range(8), 4)]
         color, shape = rng.choice(list(COLORS)), rng.choice(("circle", "square", "triangle"))
         question, reasoning = _COUNT_KINDS if kind == 0 else _SHAPE_KINDS
-        return question.format(c=color, s=shape), values, lambda v: reasoning.format(c=color, s=shape, v=v)
+        near = [v for v in values if str(int(v) - 1) in values or str(int(v) + 1) in values]
+        truth = lambda: rng.choice(near if hard and near else values)
+        return question.format(c=color, s=shape), values, lambda v: reasoning.format(c=color, s=shape, v=v), truth
     values = rng.sample([*COLORS, "same"] if kind == 3 else list(COLORS), 4)
+    named = [v for v in values if v in COLORS]
     if kind == 2:
         n = rng.randint(2, 5)
 
         def most(v: str) -> str:
-            counts = ", ".join(
-                f"{n if c == v else rng.randint(0, n - 1)} {c}" for c in sorted({v, *rng.sample(list(COLORS), 2)})
-            )
+            pool = [c for c in named if c != v]
+            others = rng.sample(pool, min(2, len(pool))) if hard else rng.sample(list(COLORS), 2)
+            if hard and rng.random() < 0.3:  # a tie, worded as the demo model words it
+                tied = sorted({v, others[0]})
+                counts = ", ".join(f"{n if c in tied else rng.randint(0, n - 1)} {c}" for c in sorted({v, *others}))
+                return (
+                    f"The counts by color are {counts}; {' and '.join(tied)} tie with {n}, "
+                    f"so {v} is one of the most frequent."
+                )
+            counts = ", ".join(f"{n if c == v else rng.randint(0, n - 1)} {c}" for c in sorted({v, *others}))
             return _MOST_KINDS[1].format(counts=counts, v=v, n=n)
 
-        return _MOST_KINDS[0], values, most
-    a, b = rng.sample(list(COLORS), 2)
+        return _MOST_KINDS[0], values, most, lambda: rng.choice(values)
+    a, b = rng.sample(named if hard else list(COLORS), 2)
 
     def compare(v: str) -> str:
         if v == "same":
@@ -156,7 +170,8 @@ def _drill_question(
             f"There are {big} {v} and {small} {other} shapes; {big} is more than {small}, so there are more {v} shapes."
         )
 
-    return _COMPARE.format(a=a, b=b), values, compare
+    sensible = [v for v in values if v in (a, b, "same")]
+    return _COMPARE.format(a=a, b=b), values, compare, lambda: rng.choice(sensible if hard and sensible else values)
 
 
 def _options(values: Sequence[str]) -> str:
@@ -180,7 +195,7 @@ def lookup_drills(
     rng = random.Random(seed)
     records = []
     for index in range(n):
-        question, values, reason = _drill_question(rng, kinds)
+        question, values, reason, _ = _drill_question(rng, kinds)
         answer, targets = "", []
         for value in rng.sample(list(values), len(values)):
             answer += f"{reasoning.tagged(reason(value))}{conclusion.open_tag}"
@@ -200,27 +215,31 @@ def lookup_drills(
     return records
 
 
-def verdict_drills(n: int, seed: int, stages: StageSet | None = None, candidates: int = 4) -> list[dict]:
+def verdict_drills(
+    n: int, seed: int, stages: StageSet | None = None, candidates: int = 4, hard: bool = False
+) -> list[dict]:
     """Text-only verifier turns around one lookup, several to a record: a question with options, a
     reasoning, then `candidates` times the verifier's question about a conclusion (each letter drawn
     at random, so a record may hold any number of right ones) and its verdict, the verdicts learnt.
     Each turn is the search's pointwise prompt without the image, summary and caption; side by side
-    in one context, only the candidates tell the verdicts apart."""
+    in one context, only the candidates tell the verdicts apart. `hard`: the options are chosen to
+    be confusable (`_drill_question`) and every option is judged once, in a random order: one right
+    candidate beside three wrong ones."""
     stages = stages or StageSet.from_names()
     reasoning, conclusion = stages.stages[2], stages.stages[3]
     rng = random.Random(seed)
     records = []
     for index in range(n):
-        question, values, reason = _drill_question(rng)
-        value = rng.choice(values)
+        question, values, reason, draw = _drill_question(rng, hard=hard)
+        value = draw()
         truth = LETTERS[values.index(value)]
         turns = [
             {"from": "human", "value": _with_options(question, values)},
             {"from": "gpt", "value": reasoning.tagged(reason(value))},
         ]
         targets = []
-        for _ in range(candidates):
-            letter = rng.choice(LETTERS)
+        letters = rng.sample(LETTERS, len(LETTERS)) if hard else [rng.choice(LETTERS) for _ in range(candidates)]
+        for letter in letters:
             candidate, picked = conclusion.tagged(letter).rstrip(), picked_option(turns[0]["value"], letter)
             turns.append({"from": "human", "value": verify_question(conclusion, candidate, picked)})
             targets.append([len(turns), 0, len(VERDICTS[letter == truth])])
