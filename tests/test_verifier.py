@@ -4,6 +4,7 @@ the eval table reads from its scores."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -116,7 +117,12 @@ def test_verifier_records_are_the_search_prompt_and_train_on_their_targets(tmp_p
     from training.records import question_messages, read_questions, to_turns
     from training.synthetic_data import write_dataset
     from training.train import Collator, read_records
-    from training.verifier_data import lookup_drills, verdict_drills, write_counterfactual_verifier, write_records
+    from training.verifier_data import (
+        bare_verdict_drills,
+        verdict_drills,
+        write_counterfactual_verifier,
+        write_records,
+    )
 
     write_dataset(tmp_path, 3, 5, test_fraction=0.0)
     counts = write_counterfactual_verifier(tmp_path, seed=2)
@@ -142,39 +148,49 @@ def test_verifier_records_are_the_search_prompt_and_train_on_their_targets(tmp_p
             assert turns[2]["value"].endswith(f"</{record['stage']}>")
     assert quoted > 0, "no multiple-choice conclusion among the records"
     processor = AutoProcessor.from_pretrained(DEMO_DIR)
-    lookup = write_records(tmp_path / "lookup.jsonl", lookup_drills(2, 0))
+    bare = write_records(tmp_path / "bare.jsonl", bare_verdict_drills(1, 0))
     verdicts = write_records(tmp_path / "verdicts.jsonl", verdict_drills(2, 0))
-    examples = read_records([lookup, verdicts])
+    examples = read_records([bare, verdicts])
     batch = Collator(processor)(examples)
     learnt = [
         processor.tokenizer.decode([int(t) for t, label in zip(row, labels, strict=True) if label != -100])
         for row, labels in zip(batch["input_ids"], batch["labels"], strict=True)
     ]
-    for text, record in zip(learnt, [*lookup_drills(2, 0), *verdict_drills(2, 0)], strict=True):
-        turns = record["conversations"]
-        wanted = "".join(turns[t]["value"][a:b] for t, a, b in record["targets"])
-        assert text.replace(" ", "") == wanted and len(record["targets"]) == 4
-    for record in verdict_drills(2, 0):  # each verdict's question quotes the option its letter picks
-        options = options_in_question(record["conversations"][0]["value"])
-        for turn in record["conversations"][2::2]:
-            letter = re.search(r"<CONCLUSION>([A-D])</CONCLUSION>", turn["value"]).group(1)
+    for text, record in zip(learnt, [*bare_verdict_drills(1, 0), *verdict_drills(2, 0)], strict=True):
+        # one verdict to a record, learnt with the turn's end, never the question or the reasoning
+        assert record["conversations"][-1]["value"] in ("yes", "no") and "REASONING" not in text
+        assert text.replace(" ", "").startswith(record["conversations"][-1]["value"])
+    for record in [*verdict_drills(2, 0), *bare_verdict_drills(2, 0)]:  # each quotes the option it picks
+        options = options_in_question(record["conversations"][0]["value"]) or None
+        turn = record["conversations"][-2]
+        letter = re.search(r"<CONCLUSION>([A-D])</CONCLUSION>", turn["value"]).group(1)
+        if options:
             assert turn["value"].endswith(f"</CONCLUSION>\n(option {letter}: {options[letter]})")
+        else:  # bare: no options in the record, the quote only
+            assert re.search(rf"</CONCLUSION>\n\(option {letter}: \w+\)$", turn["value"])
 
 
-def test_hard_verdict_drills_judge_every_option_once_and_the_right_one_is_easy_to_mistake():
-    """Each hard drill judges its four options once: exactly one "yes", the option whose value
-    ends the reasoning. That value is one a wrong conclusion would take for it: a count with a
-    neighbour among the options, or a color the reasoning names beside another option's."""
+def test_verdict_drills_judge_every_option_once_and_the_right_one_is_easy_to_mistake():
+    """Each drill judges its four options once, one to a record, the four in one group: exactly one
+    "yes", the option whose value ends the reasoning. That value is one a wrong conclusion would
+    take for it: a count with a neighbour among the options, or a color the reasoning names beside
+    another option's."""
     from training.verifier_data import verdict_drills
 
-    records = verdict_drills(200, 3, hard=True)
+    groups: dict[str, list[dict]] = {}
+    for record in verdict_drills(200, 3):
+        groups.setdefault(record["group"], []).append(record)
+    assert len(groups) == 200
     kinds = set()
-    for record in records:
-        turns = record["conversations"]
+    for members in groups.values():
+        turns = members[0]["conversations"]
+        assert len(members) == 4 and all(len(m["conversations"]) == 4 for m in members)
+        assert all(m["conversations"][:2] == turns[:2] for m in members)  # one context
         options = options_in_question(turns[0]["value"])
-        verdicts = {re.search(r"<CONCLUSION>([A-D])</CONCLUSION>", t["value"]).group(1): v["value"]
-                    for t, v in zip(turns[2::2], turns[3::2], strict=True)}  # fmt: skip
+        verdicts = {re.search(r"<CONCLUSION>([A-D])</CONCLUSION>", m["conversations"][2]["value"]).group(1):
+                    m["conversations"][3]["value"] for m in members}  # fmt: skip
         assert sorted(verdicts) == ["A", "B", "C", "D"] and list(verdicts.values()).count("yes") == 1
+        assert all(m["right"] == (m["conversations"][3]["value"] == "yes") for m in members)
         truth = options[next(letter for letter, v in verdicts.items() if v == "yes")]
         reasoning = turns[1]["value"].strip()
         if truth.isdigit():
@@ -190,12 +206,12 @@ def test_hard_verdict_drills_judge_every_option_once_and_the_right_one_is_easy_t
             named = [o for o in options.values() if o != truth and re.search(rf"\b{o}\b", reasoning)]
             assert re.search(rf"(more |so |; ){truth} (shapes|has|is)", reasoning) and named, reasoning
     assert kinds == {"count", "same", "tie", "color"}
-    # The plain drills stay the data the committed phases 1-5 trained on (a fresh work folder
-    # rebuilds them from their seeds): pinned by their digest.
-    from training.verifier_data import lookup_drills
+    # A work folder rebuilds its drills from their seeds; a run resumed from a committed snapshot
+    # must see the data its phases began on: pinned by their digest.
+    from training.verifier_data import bare_verdict_drills
 
-    drills = [verdict_drills(20, 601), lookup_drills(20, 600), lookup_drills(20, 602, kinds=(0, 1), bare=True)]
-    assert hashlib.sha256(json.dumps(drills).encode()).hexdigest()[:16] == "3773817643769cc2"
+    drills = [verdict_drills(40, 603), bare_verdict_drills(40, 604)]
+    assert hashlib.sha256(json.dumps(drills).encode()).hexdigest()[:16] == "b79be3ea559fbc83"
 
 
 def test_the_verifiers_progress_is_saved_small_and_a_fresh_work_folder_goes_on_from_it(tmp_path):
@@ -228,9 +244,14 @@ def test_the_verifiers_progress_is_saved_small_and_a_fresh_work_folder_goes_on_f
         "phase-2/checkpoint-300/config.json",
         "phase-2/checkpoint-300/model.safetensors",
         "phase-2/training.json",
+        "phases.json",
     ]
     fresh = tmp_path / "fresh"
     fresh.mkdir()
+    older = tuple(dataclasses.replace(phase, name=f"older {phase.name}") for phase in PHASES)
+    with pytest.raises(ValueError, match="other phases"):  # a snapshot of another recipe's phases
+        resume_from_progress(fresh, snapshot, older)
+    assert not any(fresh.iterdir())
     assert resume_from_progress(fresh, snapshot)
     assert _finished_steps(fresh / "phase-1") == PHASES[0].steps
     assert _finished_steps(fresh / "phase-2") == 300 < PHASES[1].steps
@@ -246,3 +267,14 @@ def test_the_swires_cutoff_is_the_mean_plus_a_quarter_deviation_of_reasoning_log
     scored = [{"stage": "REASONING", "p_yes": 1 / (1 + math.exp(-x))} for x in (-1.0, 1.0)]
     scored += [{"stage": "CONCLUSION", "p_yes": 0.999}]  # other stages do not count
     assert swires_cutoff(scored) == pytest.approx(0.2533 * math.sqrt(2))
+
+
+def test_the_check_splits_drills_by_the_kind_of_question():
+    from training.verifier_check import question_kind, summarize
+    from training.verifier_data import verdict_drills
+
+    drills = verdict_drills(40, 5)
+    assert {question_kind(d) for d in drills} == {"count", "compare", "most", "most, tie"}
+    # a verifier that says yes to every right candidate and no to the rest is right on every pair
+    scored = [{**d, "p_yes": float(d["right"]), "stage": question_kind(d)} for d in drills]
+    assert all(s["pairwise_accuracy"] == 1.0 and s["pairs"] > 0 for s in summarize(scored).values())

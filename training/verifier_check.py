@@ -102,9 +102,45 @@ def swires_cutoff(scored: Sequence[dict]) -> float:
     return statistics.fmean(odds) + CUTOFF_STDS * statistics.stdev(odds)
 
 
-if __name__ == "__main__":  # python -m training.verifier_check MODEL RECORDS.jsonl [LIMIT]
-    import sys
+def question_kind(record: dict) -> str:
+    """The demo world's kind of the record's question: count, compare, most (a tie apart), or open."""
+    question, answer = record["conversations"][0]["value"], record["conversations"][1]["value"]
+    if "How many" in question:
+        return "count"
+    if "most frequent" in question:
+        return "most, tie" if " tie with " in answer else "most"
+    return "compare" if "Are there more" in question else "open"
 
-    model_dir, records_path, *rest = sys.argv[1:]
-    scored = p_yes(model_dir, records_path, limit=int(rest[0]) if rest else None)
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+    import tempfile
+
+    parser = argparse.ArgumentParser(
+        prog="python -m training.verifier_check",
+        description="A verifier's accuracy, AUC and pairwise accuracy per stage on held-out verifier records.",
+    )
+    parser.add_argument("model")
+    parser.add_argument("records", nargs="?", help="verifier records (JSONL); or give --drills")
+    parser.add_argument("--limit", type=int, help="the first this many records only")
+    parser.add_argument("--drills", type=int, help="instead of records: this many fresh verdict drills")
+    parser.add_argument("--drill-seed", type=int, default=9999, help="their seed (default 9999, no training seed)")
+    parser.add_argument("--by-question", action="store_true", help="split each stage by the question's kind")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as scratch:
+        path = args.records
+        if args.drills:
+            from training.verifier_data import verdict_drills, write_records
+
+            path = write_records(Path(scratch) / "drills.jsonl", verdict_drills(args.drills, args.drill_seed))
+        elif path is None:
+            parser.error("give RECORDS or --drills")
+        scored = p_yes(args.model, path, limit=args.limit)
+    if args.by_question:
+        scored = [{**r, "stage": f"{r.get('stage', '?')} {question_kind(r)}"} for r in scored]
     print(json.dumps(summarize(scored), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

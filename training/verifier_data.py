@@ -7,10 +7,11 @@ Three sources, all labelled by the scenes' ground truth (training/labels.py):
 - counterfactual: each scene's own staged answer beside a copy with one stage made wrong (a
   conclusion naming another option or value, a reasoning or a caption with one number changed), so
   every scene gives a right and a wrong candidate of the same stage in the same context;
-- drills: short text-only records of the one check the demo model gets wrong, finding the option
-  whose value the reasoning gives (`lookup_drills`: several per record, the letters learnt;
-  `verdict_drills`: the verifier's own turns about several candidates of one, the verdicts learnt).
-  They are short, so the lookup forms in far fewer steps than in whole records (docs/data.md).
+- drills: short text-only records of the one check the demo model gets wrong, whether the option
+  a conclusion picks (quoted after it) is the value the reasoning gives (`bare_verdict_drills`: the
+  reasoning and the conclusion alone; `verdict_drills`: the verifier's own turns about each option
+  of a question). They are short, so the check forms in far fewer steps than in whole records
+  (docs/data.md).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import json
 import random
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from stage_search.choices import picked_option
@@ -120,25 +121,18 @@ _MOST_KINDS = (
 _COMPARE = "Are there more {a} shapes or more {b} shapes?"
 
 
-ALL_KINDS = (0, 1, 2, 3)  # count by color, count by shape, most frequent color, compare two colors
-COUNT_KINDS = (0, 1)
-
-
-def _drill_question(
-    rng: random.Random, kinds: Sequence[int] = ALL_KINDS, hard: bool = False
-) -> tuple[str, list[str], Callable[[str], str], Callable[[], str]]:
+def _drill_question(rng: random.Random) -> tuple[str, list[str], Callable[[str], str], str]:
     """A question with four options, a function from an option's value to a reasoning that gives
-    it, and a draw of the value to reason to (drawn only when asked: lookup drills keep the data
-    their seeds gave before). `hard`: the truth is one that is easy to mistake for another option
-    (a neighbouring count, one of the two colors compared, one the counts name, a tie), as the
-    demo model's own wrong conclusions are."""
-    kind = rng.choice(kinds)
+    it, and the value to reason to: one that is easy to mistake for another option (a neighbouring
+    count, one of the two colors compared, one the counts name, a tie), as the demo model's own
+    wrong conclusions are. Kinds: count by color, count by shape, most frequent color, compare."""
+    kind = rng.choice((0, 1, 2, 3))
     if kind < 2:
         values = [str(v) for v in rng.sample(range(8), 4)]
         color, shape = rng.choice(list(COLORS)), rng.choice(("circle", "square", "triangle"))
         question, reasoning = _COUNT_KINDS if kind == 0 else _SHAPE_KINDS
         near = [v for v in values if str(int(v) - 1) in values or str(int(v) + 1) in values]
-        truth = lambda: rng.choice(near if hard and near else values)
+        truth = rng.choice(near or values)
         return question.format(c=color, s=shape), values, lambda v: reasoning.format(c=color, s=shape, v=v), truth
     values = rng.sample([*COLORS, "same"] if kind == 3 else list(COLORS), 4)
     named = [v for v in values if v in COLORS]
@@ -147,8 +141,8 @@ def _drill_question(
 
         def most(v: str) -> str:
             pool = [c for c in named if c != v]
-            others = rng.sample(pool, min(2, len(pool))) if hard else rng.sample(list(COLORS), 2)
-            if hard and rng.random() < 0.3:  # a tie, worded as the demo model words it
+            others = rng.sample(pool, min(2, len(pool)))
+            if rng.random() < 0.3:  # a tie, worded as the demo model words it
                 tied = sorted({v, others[0]})
                 counts = ", ".join(f"{n if c in tied else rng.randint(0, n - 1)} {c}" for c in sorted({v, *others}))
                 return (
@@ -158,8 +152,8 @@ def _drill_question(
             counts = ", ".join(f"{n if c == v else rng.randint(0, n - 1)} {c}" for c in sorted({v, *others}))
             return _MOST_KINDS[1].format(counts=counts, v=v, n=n)
 
-        return _MOST_KINDS[0], values, most, lambda: rng.choice(values)
-    a, b = rng.sample(named if hard else list(COLORS), 2)
+        return _MOST_KINDS[0], values, most, rng.choice(values)
+    a, b = rng.sample(named, 2)
 
     def compare(v: str) -> str:
         if v == "same":
@@ -171,7 +165,7 @@ def _drill_question(
         )
 
     sensible = [v for v in values if v in (a, b, "same")]
-    return _COMPARE.format(a=a, b=b), values, compare, lambda: rng.choice(sensible if hard and sensible else values)
+    return _COMPARE.format(a=a, b=b), values, compare, rng.choice(sensible or values)
 
 
 def _options(values: Sequence[str]) -> str:
@@ -182,71 +176,76 @@ def _with_options(question: str, values: Sequence[str]) -> str:
     return f"{question}\n{_options(values)}\nAnswer with the option's letter."
 
 
-def lookup_drills(
-    n: int, seed: int, stages: StageSet | None = None, kinds: Sequence[int] = ALL_KINDS, bare: bool = False
-) -> list[dict]:
-    """Text-only records: a question with four options, answered four times over, once for each
-    option's value in a random order: a reasoning that gives the value, then the conclusion naming
-    its letter. Only the letters are learnt (`targets`: turn, start, end): the lookup the demo model
-    gets wrong. `bare`: the options alone, without the question around them (the shortest form,
-    where the lookup forms first)."""
+def _drills(n: int, seed: int, stages: StageSet | None) -> Iterator[tuple]:
+    """Each drill's index, question, options, tagged reasoning and right value, the conclusion stage,
+    and the generator that goes on to order its candidates."""
     stages = stages or StageSet.from_names()
     reasoning, conclusion = stages.stages[2], stages.stages[3]
     rng = random.Random(seed)
-    records = []
     for index in range(n):
-        question, values, reason, _ = _drill_question(rng, kinds)
-        answer, targets = "", []
-        for value in rng.sample(list(values), len(values)):
-            answer += f"{reasoning.tagged(reason(value))}{conclusion.open_tag}"
-            targets.append((1, len(answer), len(answer) + 1))
-            answer += f"{LETTERS[values.index(value)]}{conclusion.close_tag}\n\n"
-        records.append(
-            {
-                "id": f"drill-lookup-{seed}-{index}",
-                "kind": "drill",
-                "conversations": [
-                    {"from": "human", "value": _options(values) if bare else _with_options(question, values)},
-                    {"from": "gpt", "value": answer.rstrip()},
-                ],
-                "targets": targets,
-            }
-        )
+        question, values, reason, value = _drill_question(rng)
+        yield index, question, values, reasoning.tagged(reason(value)), value, conclusion, rng
+
+
+def verdict_drills(n: int, seed: int, stages: StageSet | None = None) -> list[dict]:
+    """Text-only verifier turns: a question with options, a reasoning, then the verifier's question
+    about one option's conclusion (the option quoted) and its verdict. Each drill question gives
+    four records, one per option in a random order, grouped: one right candidate beside three wrong
+    ones that are easy to mistake for it (`_drill_question`). Each is the search's pointwise prompt
+    without the image, summary and caption. One candidate to a record, as in the search: with all
+    four in one context, each after the ones before and their verdicts, the check did not form in
+    400 steps (chance on held-out drills); one to a record, it did (docs/benchmarks.md)."""
+    records = []
+    for index, question, values, reasoning, value, conclusion, rng in _drills(n, seed, stages):
+        context = [
+            {"from": "human", "value": _with_options(question, values)},
+            {"from": "gpt", "value": reasoning},
+        ]
+        for turn, letter in enumerate(rng.sample(LETTERS, len(LETTERS))):
+            candidate, picked = conclusion.tagged(letter).rstrip(), picked_option(context[0]["value"], letter)
+            right = values[LETTERS.index(letter)] == value
+            records.append(
+                {
+                    "id": f"drill-verdict-{seed}-{index}-{2 * turn + 2}",
+                    "stage": "CONCLUSION",
+                    "right": right,
+                    "group": f"drill-verdict-{seed}-{index}",
+                    "conversations": [
+                        *context,
+                        {"from": "human", "value": verify_question(conclusion, candidate, picked)},
+                        {"from": "gpt", "value": VERDICTS[right]},
+                    ],
+                }
+            )
     return records
 
 
-def verdict_drills(
-    n: int, seed: int, stages: StageSet | None = None, candidates: int = 4, hard: bool = False
-) -> list[dict]:
-    """Text-only verifier turns around one lookup, several to a record: a question with options, a
-    reasoning, then `candidates` times the verifier's question about a conclusion (each letter drawn
-    at random, so a record may hold any number of right ones) and its verdict, the verdicts learnt.
-    Each turn is the search's pointwise prompt without the image, summary and caption; side by side
-    in one context, only the candidates tell the verdicts apart. `hard`: the options are chosen to
-    be confusable (`_drill_question`) and every option is judged once, in a random order: one right
-    candidate beside three wrong ones."""
-    stages = stages or StageSet.from_names()
-    reasoning, conclusion = stages.stages[2], stages.stages[3]
-    rng = random.Random(seed)
+def bare_verdict_drills(n: int, seed: int, stages: StageSet | None = None) -> list[dict]:
+    """The verdict in its shortest form, where the check forms first: a record is one human turn, a
+    reasoning, then a conclusion and the option it picks quoted, answered "yes" or "no". Each
+    drill question (`_drill_question`) gives four records, one per option, grouped so that
+    they come into a batch together. Without the question, the options and the verifier's long
+    question in between, a fresh model learns it in a couple of hundred steps; the verifier of
+    phases that started with the letter lookup never learnt the colors at all (docs/benchmarks.md)."""
     records = []
-    for index in range(n):
-        question, values, reason, draw = _drill_question(rng, hard=hard)
-        value = draw()
-        truth = LETTERS[values.index(value)]
-        turns = [
-            {"from": "human", "value": _with_options(question, values)},
-            {"from": "gpt", "value": reasoning.tagged(reason(value))},
-        ]
-        targets = []
-        letters = rng.sample(LETTERS, len(LETTERS)) if hard else [rng.choice(LETTERS) for _ in range(candidates)]
-        for letter in letters:
-            candidate, picked = conclusion.tagged(letter).rstrip(), picked_option(turns[0]["value"], letter)
-            turns.append({"from": "human", "value": verify_question(conclusion, candidate, picked)})
-            targets.append([len(turns), 0, len(VERDICTS[letter == truth])])
-            turns.append({"from": "gpt", "value": VERDICTS[letter == truth]})
-        records.append(
-            {"id": f"drill-verdict-{seed}-{index}", "kind": "drill", "conversations": turns, "targets": targets}
-        )
+    for index, _, values, reasoning, value, conclusion, rng in _drills(n, seed, stages):
+        text = reasoning.strip()
+        for letter in rng.sample(LETTERS, len(LETTERS)):
+            option = values[LETTERS.index(letter)]
+            candidate = f"{text}\n\n{conclusion.tagged(letter).rstrip()}\n(option {letter}: {option})"
+            records.append(
+                {
+                    "id": f"drill-bare-verdict-{seed}-{index}-{letter}",
+                    "kind": "verify",
+                    "stage": "CONCLUSION",
+                    "right": option == value,
+                    "group": f"drill-bare-verdict-{seed}-{index}",
+                    "conversations": [
+                        {"from": "human", "value": candidate},
+                        {"from": "gpt", "value": VERDICTS[option == value]},
+                    ],
+                }
+            )
     return records
 
 

@@ -7,9 +7,9 @@ model is right, read by the search as a pointwise verifier (P("yes") after the c
    and its tokenizer knows the verifier's question;
 2. data: drills (text only), counterfactual turns of fresh scenes, and on-policy turns of the demo
    model's own candidates (`llava-o1 judge-data`), all from seeds of their own;
-3. training in phases: the lookup on drills first (short sequences: it forms in hundreds of steps
-   there, not in thousands of whole records), then the verdict on drills, then whole verifier turns
-   (twice: the second at a lower rate).
+3. training in phases: the check of a conclusion on its shortest drills first (it forms in a couple
+   of hundred steps there, not in thousands of whole records), then on the verifier's own turns
+   about drills, then whole verifier turns (twice: the second at a lower rate).
 Every phase checkpoints; run it again and it goes on from the last checkpoint in its work folder
 (or, in a fresh one, from the committed snapshot: `save_progress`). The model is copied to `--out`
 (models/demo_verifier) when the phases are done, or with `--partial` as it stands.
@@ -54,9 +54,8 @@ VERIFIER_SHAPE = TinyShape(
 BASE_SEED = 4321
 
 # Data sources, by name.
-BARE_LOOKUP = "bare-lookup"  # counts only, the options without their question: where the lookup forms
-LOOKUP = "lookup"  # lookup drills: several option lookups per text, the letters learnt
-VERDICT_DRILLS = "verdict-drills"  # the verifier's turn around one lookup, text only
+BARE_VERDICTS = "bare-verdicts"  # a reasoning, a conclusion and its quoted option, judged: nothing else
+VERDICT_DRILLS = "verdict-drills"  # the verifier's turn about one option of a question, text only
 COUNTERFACTUAL = "counterfactual"  # fresh scenes' own stages beside wrong copies
 ON_POLICY = "on-policy"  # the demo model's own candidates, labelled
 
@@ -65,8 +64,8 @@ ON_POLICY = "on-policy"  # the demo model's own candidates, labelled
 class DataPlan:
     """How much of each source, and the seeds: none of them is an evaluation seed (docs/benchmarks.md)."""
 
-    lookup_drills: int = 20000
     verdict_drills: int = 20000
+    bare_verdict_drills: int = 20000
     drill_seed: int = 600
     counterfactual_scenes: int = 3000
     counterfactual_seed: int = 610
@@ -87,14 +86,15 @@ class VerifierPhase:
     warmup_steps: int = 0
 
 
+_TURNS = (ON_POLICY, COUNTERFACTUAL, VERDICT_DRILLS)
 PHASES = (
-    VerifierPhase("bare lookup", 1e-3, 500, (BARE_LOOKUP,), batch_size=64, warmup_steps=100),
-    VerifierPhase("lookup", 1e-3, 600, (LOOKUP, BARE_LOOKUP)),
-    VerifierPhase("verdict drills", 1e-3, 600, (VERDICT_DRILLS, LOOKUP)),
-    VerifierPhase("verifier turns", 5e-4, 2500, (ON_POLICY, COUNTERFACTUAL, VERDICT_DRILLS)),
-    # The same turns at a lower rate. The committed run's phases 1-4 predate the quoted option in
-    # the verifier's question (stage_search/choices.py); this is where it learnt to read it.
-    VerifierPhase("verifier turns, annealed", 3e-4, 1200, (ON_POLICY, COUNTERFACTUAL, VERDICT_DRILLS), warmup_steps=50),
+    # The check in its shortest form first, from the random base: there it forms in a couple of
+    # hundred steps. A verifier that began with the letter lookup instead (the first shipped
+    # one) never learnt to check a color in thousands of steps, even on these drills.
+    VerifierPhase("bare verdicts", 1e-3, 500, (BARE_VERDICTS,), batch_size=64, warmup_steps=50),
+    VerifierPhase("verdict drills", 1e-3, 800, (VERDICT_DRILLS,)),
+    VerifierPhase("verifier turns", 5e-4, 2500, _TURNS),
+    VerifierPhase("verifier turns, annealed", 3e-4, 1200, _TURNS, warmup_steps=50),
 )
 
 
@@ -198,14 +198,19 @@ def save_progress(work: str | Path, dest: str | Path, phases: tuple[VerifierPhas
             break
     if (work / "recipe.json").exists():
         shutil.copy2(work / "recipe.json", dest / "recipe.json")
+    (dest / "phases.json").write_text(json.dumps([phase.name for phase in phases]) + "\n")
 
 
-def resume_from_progress(work: Path, progress: str | Path) -> bool:
+def resume_from_progress(work: Path, progress: str | Path, phases: tuple[VerifierPhase, ...] = PHASES) -> bool:
     """Seed an empty work folder from a saved snapshot (save_progress); a folder that has phases
-    of its own keeps them."""
+    of its own keeps them. A snapshot of other phases (an older recipe's) is refused: its phase-1
+    would pass for this recipe's."""
     progress = Path(progress)
     if any(work.glob("phase-*")) or not any(progress.glob("phase-*")):
         return False
+    names = progress / "phases.json"
+    if not names.exists() or json.loads(names.read_text()) != [phase.name for phase in phases]:
+        raise ValueError(f"{progress} is a snapshot of other phases than this recipe's; give another --progress")
     for folder in progress.glob("phase-*"):
         shutil.copytree(folder, work / folder.name)
     return True
@@ -296,9 +301,7 @@ def _source_files(work: Path, plan: DataPlan, source: str) -> list[str]:
     """A source's record files, written on first use (kept in `work` for later runs)."""
     from training.synthetic_data import write_dataset
     from training.verifier_data import (
-        ALL_KINDS,
-        COUNT_KINDS,
-        lookup_drills,
+        bare_verdict_drills,
         verdict_drills,
         write_counterfactual_verifier,
         write_records,
@@ -306,17 +309,15 @@ def _source_files(work: Path, plan: DataPlan, source: str) -> list[str]:
 
     drills = work / "drills"
     drills.mkdir(exist_ok=True)
-    if source in (LOOKUP, BARE_LOOKUP):
-        bare = source == BARE_LOOKUP
-        path = drills / f"{source}.jsonl"
+    if source == BARE_VERDICTS:
+        path = drills / "bare-verdicts.jsonl"
         if not path.exists():
-            kinds = COUNT_KINDS if bare else ALL_KINDS
-            write_records(path, lookup_drills(plan.lookup_drills, plan.drill_seed + 2 * bare, kinds=kinds, bare=bare))
+            write_records(path, bare_verdict_drills(plan.bare_verdict_drills, plan.drill_seed + 4))
         return [str(path)]
     if source == VERDICT_DRILLS:
         path = drills / "verdicts.jsonl"
         if not path.exists():
-            write_records(path, verdict_drills(plan.verdict_drills, plan.drill_seed + 1))
+            write_records(path, verdict_drills(plan.verdict_drills, plan.drill_seed + 3))
         return [str(path)]
     if source == COUNTERFACTUAL:
         folder = work / f"counterfactual-{plan.counterfactual_seed}"
