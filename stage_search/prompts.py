@@ -61,8 +61,14 @@ def verify_question(stage: Stage | None, candidate: str = "", picked: tuple[str,
         what, criteria = "this answer", WHOLE_ANSWER_CRITERIA
     else:
         what, criteria = f"this {stage.name} section, continuing the answer above,", stage.criteria
-    quote = f"\n(option {picked[0]}: {picked[1]})" if picked is not None else ""
-    return f"Is {what} right? A right one is one where {criteria}. Answer yes or no.\n\n{candidate}{quote}"
+    return (
+        f"Is {what} right? A right one is one where {criteria}. Answer yes or no.\n\n{candidate}{quoted_option(picked)}"
+    )
+
+
+def quoted_option(picked: tuple[str, str] | None) -> str:
+    """What follows a candidate whose final answer picks a multiple-choice option (letter, text)."""
+    return f"\n(option {picked[0]}: {picked[1]})" if picked is not None else ""
 
 
 def error_check_question(stage: Stage, candidate: str) -> str:

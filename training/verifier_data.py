@@ -25,7 +25,7 @@ from pathlib import Path
 
 from stage_search.choices import picked_option
 from stage_search.judge import JudgeContext
-from stage_search.prompts import verify_question
+from stage_search.prompts import quoted_option, verify_question
 from stage_search.stages import StageSet
 from training.judge_data import Labelled, counterfactual_pairs
 from training.records import question_messages, read_questions, to_turns
@@ -232,7 +232,7 @@ def bare_verdict_drills(n: int, seed: int, stages: StageSet | None = None) -> li
         text = reasoning.strip()
         for letter in rng.sample(LETTERS, len(LETTERS)):
             option = values[LETTERS.index(letter)]
-            candidate = f"{text}\n\n{conclusion.tagged(letter).rstrip()}\n(option {letter}: {option})"
+            candidate = f"{text}\n\n{conclusion.tagged(letter).rstrip()}{quoted_option((letter, option))}"
             records.append(
                 {
                     "id": f"drill-bare-verdict-{seed}-{index}-{letter}",

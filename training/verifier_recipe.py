@@ -307,17 +307,16 @@ def _source_files(work: Path, plan: DataPlan, source: str) -> list[str]:
         write_records,
     )
 
-    drills = work / "drills"
-    drills.mkdir(exist_ok=True)
-    if source == BARE_VERDICTS:
-        path = drills / "bare-verdicts.jsonl"
+    drill_sets = {  # source: (file, how many, seed, builder)
+        BARE_VERDICTS: ("bare-verdicts.jsonl", plan.bare_verdict_drills, plan.drill_seed + 4, bare_verdict_drills),
+        VERDICT_DRILLS: ("verdicts.jsonl", plan.verdict_drills, plan.drill_seed + 3, verdict_drills),
+    }
+    if source in drill_sets:
+        name, count, seed, build = drill_sets[source]
+        path = work / "drills" / name
         if not path.exists():
-            write_records(path, bare_verdict_drills(plan.bare_verdict_drills, plan.drill_seed + 4))
-        return [str(path)]
-    if source == VERDICT_DRILLS:
-        path = drills / "verdicts.jsonl"
-        if not path.exists():
-            write_records(path, verdict_drills(plan.verdict_drills, plan.drill_seed + 3))
+            path.parent.mkdir(exist_ok=True)
+            write_records(path, build(count, seed))
         return [str(path)]
     if source == COUNTERFACTUAL:
         folder = work / f"counterfactual-{plan.counterfactual_seed}"
