@@ -52,7 +52,8 @@ def valid_structure(trace: dict) -> bool:
 async def _score_in_process(args, records: list[dict], cells: list[tuple[str, int]], score=None) -> list[list[dict]]:
     from models.engine_factory import start_engine
     from server.default_model import use_default_model
-    from stage_search.config import SearchConfig
+    from server.search_flags import swires_cutoff_of
+    from stage_search.config import SearchConfig, SwiresSettings
     from stage_search.search import run_search
 
     use_default_model(args)
@@ -66,6 +67,7 @@ async def _score_in_process(args, records: list[dict], cells: list[tuple[str, in
         judge=args.judge,
         debias=args.debias,
         verifier_form=args.verifier_form,
+        swires=SwiresSettings(cutoff=swires_cutoff_of(args)),
     )
     limit = asyncio.Semaphore(args.concurrency)
     # By position: ids repeat across files (every synth-data set starts at shapes-000000).
@@ -208,6 +210,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="ask for the four stages in the prompt: auto does for models whose name does not say "
         "they were trained on them (a trained model given by path wants never)",
+    )
+    group.add_argument(
+        "--swires-cutoff",
+        type=float,
+        help="swires's cutoff (default: the verifier's calibrated one, as serve; docs/search.md)",
     )
     group.add_argument("--concurrency", type=int, default=16, help="questions in flight at once")
     group.add_argument("--limit", type=int, help="only the first N questions of each file")

@@ -51,8 +51,8 @@ async def _ask(args: argparse.Namespace, image) -> int:
     from stage_search.events import StageDecided
     from stage_search.search import run_search
 
+    use_default_model(args)  # first: the search's swires cutoff may be the default verifier's
     config = search_config_from(args)
-    use_default_model(args)
     engine = start_engine(args)
 
     def show(event) -> None:

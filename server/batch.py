@@ -225,11 +225,9 @@ async def in_process_client(args: argparse.Namespace) -> AsyncIterator[httpx.Asy
     """The server's own app on an engine started here, reached without a socket."""
     from models.engine_factory import start_engine
     from server.app import create_app
-    from server.default_model import use_default_model
     from server.serve import settings_from
 
-    settings = settings_from(args)
-    use_default_model(args)
+    settings = settings_from(args)  # sets the default model too
     engine = start_engine(args)
     try:
         app = create_app(engine, settings)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 from stage_search.config import JUDGE_MODES, STAGE_PROMPTS, STRATEGY_NAMES, VERIFIER_FORMS, SearchConfig, SwiresSettings
 from stage_search.stages import DEFAULT_STAGE_NAMES, StageSet
@@ -68,8 +70,10 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--swires-cutoff",
         type=float,
-        default=swires.cutoff,
-        help="swires: retrace while the second-best reasoning scores at or below this (the verifier's log-odds)",
+        default=None,
+        help="swires: retrace while the second-best reasoning scores at or below this (the verifier's log-odds; "
+        "default: the cutoff its recipe calibrated, `swires_cutoff` in the --judge-model-path folder's "
+        f"training.json, else {swires.cutoff})",
     )
 
 
@@ -86,7 +90,7 @@ def search_config_from(args: argparse.Namespace) -> SearchConfig:
             reasonings_per_caption=args.swires_reasonings,
             conclusions=args.swires_conclusions,
             max_retraces=args.swires_max_retraces,
-            cutoff=args.swires_cutoff,
+            cutoff=swires_cutoff_of(args),
         ),
         stage_prompt=args.stage_prompt,
         stages=StageSet.from_names([t.strip() for t in args.stage_tags.split(",")]),
@@ -96,3 +100,18 @@ def search_config_from(args: argparse.Namespace) -> SearchConfig:
         top_p=args.top_p,
         seed=args.search_seed,
     )
+
+
+def swires_cutoff_of(args: argparse.Namespace) -> float:
+    """--swires-cutoff, else the cutoff calibrated for the verifier in --judge-model-path (its recipe
+    writes the paper's rule on its own scores into its training.json: the demo verifier's), else the
+    default. A verifier on its own server (--judge-engine-url) has no folder here to read."""
+    if getattr(args, "swires_cutoff", None) is not None:
+        return args.swires_cutoff
+    folder = getattr(args, "judge_model_path", None)
+    record = Path(folder) / "training.json" if folder else None
+    if record is not None and record.is_file():
+        value = json.loads(record.read_text()).get("swires_cutoff")
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    return SwiresSettings().cutoff

@@ -107,8 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def settings_from(args: argparse.Namespace) -> ServerSettings:
+    from server.default_model import use_default_model
     from server.search_flags import search_config_from
 
+    use_default_model(args)  # first: the search's swires cutoff may be the default verifier's
     search = search_config_from(args)
     if not 1 <= search.beam_width <= args.max_beam_width:
         raise SystemExit(f"llava-o1 serve: --beam-width must be between 1 and --max-beam-width ({args.max_beam_width})")

@@ -46,7 +46,8 @@ class SwiresSettings:
     # Retrace while the second-best reasoning score is at or below this (the verifier's log-odds:
     # 0 is P(yes) = 1/2). The published rule is the reward model's mean score plus 0.2533 standard
     # deviations; the recipe writes that rule on the demo verifier's own scores into its
-    # training.json (`swires_cutoff`), which the server does not read yet (docs/search.md).
+    # training.json (`swires_cutoff`), which serve, ask and eval read for a verifier given by its
+    # folder (server/search_flags.py); this is the default for one without.
     cutoff: float = 0.0
 
     def __post_init__(self) -> None:

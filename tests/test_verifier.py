@@ -269,6 +269,24 @@ def test_the_swires_cutoff_is_the_mean_plus_a_quarter_deviation_of_reasoning_log
     assert swires_cutoff(scored) == pytest.approx(0.2533 * math.sqrt(2))
 
 
+def test_swires_retraces_at_the_cutoff_its_verifier_was_calibrated_with(tmp_path):
+    from server.serve import settings_from
+
+    # The shipped demo verifier's recipe wrote its cutoff; serve (no flags) judges the demo with it.
+    calibrated = json.loads((DEMO_VERIFIER_DIR / "training.json").read_text())["swires_cutoff"]
+    assert calibrated != 0.0
+    assert settings_from(serve_args()).search.swires.cutoff == pytest.approx(calibrated)
+    # The flag wins; a folder without a calibrated cutoff (or the model judging itself) keeps 0.
+    assert settings_from(serve_args("--swires-cutoff=-1.5")).search.swires.cutoff == -1.5
+    other = tmp_path / "verifier"
+    other.mkdir()
+    (other / "training.json").write_text(json.dumps({"recipe": "another"}))
+    assert settings_from(serve_args("--judge-model-path", str(other))).search.swires.cutoff == 0.0
+    assert settings_from(serve_args("--self-judge")).search.swires.cutoff == 0.0
+    (other / "training.json").write_text(json.dumps({"swires_cutoff": 2.25}))
+    assert settings_from(serve_args("--judge-model-path", str(other))).search.swires.cutoff == 2.25
+
+
 def test_the_check_splits_drills_by_the_kind_of_question():
     from training.verifier_check import question_kind, summarize
     from training.verifier_data import verdict_drills
