@@ -304,7 +304,10 @@ def test_api_key_is_required(server, http, headers):
 
 def test_unknown_route_is_a_404_in_the_error_shape(http):
     response = http.get("/v1/nothing")
-    assert response.status_code == 404 and "error" in response.json()
+    assert response.status_code == 404
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["type"] == "not_found_error" and error["message"]
 
 
 # -- cancellation ---------------------------------------------------------------------------------

@@ -26,9 +26,13 @@ def serve_settings(args: list[str]):
 
 def test_the_kubernetes_probes_answer_on_a_real_server(server):
     _, spec = container()
-    for probe, status in (("readinessProbe", 200), ("livenessProbe", 200), ("startupProbe", 200)):
-        path = spec[probe]["httpGet"]["path"]
-        assert httpx.get(server["base"] + path, timeout=5).status_code == status, probe
+    # Liveness must not be readiness: /health is 503 while the server drains, and a liveness probe
+    # on it would restart a pod in the middle of its drain.
+    paths = {probe: spec[probe]["httpGet"]["path"] for probe in ("readinessProbe", "livenessProbe", "startupProbe")}
+    assert paths["readinessProbe"] == "/health" and paths["livenessProbe"] == "/live", paths
+    for probe, path in paths.items():
+        response = httpx.get(server["base"] + path, timeout=5)
+        assert response.status_code == 200 and response.json()["status"] == "ok", (probe, response.text)
 
 
 def test_the_kubernetes_grace_period_covers_the_drain():
