@@ -111,7 +111,5 @@ def swires_cutoff_of(args: argparse.Namespace) -> float:
     folder = getattr(args, "judge_model_path", None)
     record = Path(folder) / "training.json" if folder else None
     if record is not None and record.is_file():
-        value = json.loads(record.read_text()).get("swires_cutoff")
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+        return float(json.loads(record.read_text()).get("swires_cutoff", SwiresSettings().cutoff))
     return SwiresSettings().cutoff

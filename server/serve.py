@@ -186,13 +186,12 @@ class GracefulServer(uvicorn.Server):
 
 
 async def _serve(settings: ServerSettings, args: argparse.Namespace) -> int:
-    """Serve until drained or the engine dies; the process's exit code."""
+    """Serve until drained or the engine dies; the process's exit code. `args` has been through
+    `settings_from`, which filled in the default model."""
 
     from models.engine_factory import start_engine
     from server.app import create_app, get_lifecycle
-    from server.default_model import use_default_model
 
-    use_default_model(args)
     engine = start_engine(args)
     try:
         app = create_app(engine, settings)
